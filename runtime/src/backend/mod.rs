@@ -1,0 +1,123 @@
+//! The one small trait both backends implement, and the options that choose between them.
+//!
+//! A backend turns a validated [`Model`] into a prepared plan once; each [`crate::Session`]
+//! then gets its own state from that plan. Inputs arrive already checked against the model's
+//! declared interface, in the model's input order.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::model::Model;
+use crate::tensor::{Tensor, TensorView};
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+/// Which engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// tract: pure Rust, the embedded default.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded from its shared library at run time.
+    Ort,
+}
+
+impl BackendKind {
+    /// `tract` or `ort`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "ort" | "onnxruntime" => Ok(BackendKind::Ort),
+            other => Err(format!("unknown backend `{other}` (expected tract or ort)")),
+        }
+    }
+}
+
+/// How to prepare a model. Built with chained setters:
+///
+/// ```
+/// use ferrite_runtime::{BackendKind, Options};
+/// let opts = Options::default().backend(BackendKind::Tract).threads(2);
+/// assert_eq!(opts.threads, 2);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// The engine.
+    pub backend: BackendKind,
+    /// Compute threads (1 = single-threaded, the default; tract needs its `multithread-mm`).
+    pub threads: usize,
+    /// ONNX Runtime shared library; when unset: `ORT_DYLIB_PATH`, then next to the executable,
+    /// then the project-local `.deps/onnxruntime/` that `scripts/setup-test-env.sh` fills.
+    pub ort_library: Option<PathBuf>,
+    /// Let ONNX Runtime prepack constant weights (faster matmuls, private copies of weights).
+    /// Off keeps external-data weights file-backed; see docs/runtime.md for the measured trade.
+    pub ort_prepacking: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { backend: BackendKind::Tract, threads: 1, ort_library: None, ort_prepacking: true }
+    }
+}
+
+impl Options {
+    /// Chooses the engine.
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+    /// Sets the number of compute threads (0 is treated as 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+    /// Points at a specific ONNX Runtime shared library.
+    pub fn ort_library(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ort_library = Some(path.into());
+        self
+    }
+    /// Turns ONNX Runtime's weight prepacking on or off.
+    pub fn ort_prepacking(mut self, on: bool) -> Self {
+        self.ort_prepacking = on;
+        self
+    }
+}
+
+/// A model prepared by one backend: shareable between threads.
+pub(crate) trait PreparedModel: Send + Sync {
+    fn new_state(&self) -> Result<Box<dyn BackendState>>;
+}
+
+/// One session's mutable state on a backend.
+pub(crate) trait BackendState: Send {
+    /// Runs with inputs in the model's input order; returns outputs in the model's output order.
+    fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>>;
+}
+
+pub(crate) fn prepare(model: &Model, options: &Options) -> Result<Box<dyn PreparedModel>> {
+    match options.backend {
+        #[cfg(feature = "tract")]
+        BackendKind::Tract => Ok(Box::new(tract::TractModel::prepare(model, options)?)),
+        #[cfg(feature = "ort")]
+        BackendKind::Ort => Ok(Box::new(ort::OrtModel::prepare(model, options)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(crate::Error::BackendUnavailable {
+            backend: other.name(),
+            reason: format!("ferrite was built without the `{}` feature", other.name()),
+        }),
+    }
+}

@@ -1,0 +1,207 @@
+//! The ONNX Runtime backend, through the `ort` crate with its library loaded at run time.
+//!
+//! The shared library comes from the `onnxruntime` PyPI wheel (no download at build time).
+//! `ort` panics when it has to load the library lazily, so the library is always loaded here,
+//! explicitly, with `ort::init_from`, and every failure becomes `BackendUnavailable`.
+//! A process holds one ONNX Runtime library and one environment: the first successful load wins.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::{Session as OrtSession, SessionInputValue};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+
+use super::{BackendState, Options, PreparedModel};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
+
+const NAME: &str = "ort";
+
+/// The environment variable that names the ONNX Runtime library (ort's own convention).
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+static LOAD_LOCK: Mutex<()> = Mutex::new(());
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::BackendUnavailable { backend: NAME, reason: reason.into() }
+}
+
+fn backend_err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend { backend: NAME, message: format!("{context}: {e}") }
+}
+
+/// Where the runtime looks for the library, in order, when no explicit path is given.
+pub fn library_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os(ORT_DYLIB_ENV) {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        out.push(dir.join("libonnxruntime.so"));
+        out.push(dir.join("../lib/libonnxruntime.so"));
+    }
+    // The project-local copy filled by scripts/setup-test-env.sh (development checkouts only).
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime/libonnxruntime.so"));
+    out
+}
+
+/// Loads the ONNX Runtime library once per process and returns the shared environment.
+fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment::Environment> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let _guard = LOAD_LOCK.lock().map_err(|_| unavailable("a previous load attempt panicked"))?;
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let path = match explicit {
+        Some(p) if p.is_file() => p.to_path_buf(),
+        Some(p) => return Err(unavailable(format!("no ONNX Runtime library at {}", p.display()))),
+        None => {
+            let candidates = library_candidates();
+            match candidates.iter().find(|p| p.is_file()) {
+                Some(p) => p.clone(),
+                None => {
+                    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+                    return Err(unavailable(format!(
+                        "no ONNX Runtime library found (set {ORT_DYLIB_ENV} or run scripts/setup-test-env.sh); tried {}",
+                        tried.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let path = path.canonicalize().map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    log::info!("loading ONNX Runtime from {}", path.display());
+    let env = ort::init_from(&path)
+        .map_err(|e| unavailable(e.to_string()))?
+        .with_name("ferrite")
+        .build()
+        .map_err(|e| unavailable(format!("creating the ONNX Runtime environment: {e}")))?;
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+/// A model loaded into an ONNX Runtime session. `ort` runs take `&mut`, so concurrent sessions
+/// of one plan take turns; ONNX Runtime parallelises inside a run with its intra-op threads.
+pub(crate) struct OrtModel {
+    session: std::sync::Arc<Mutex<OrtSession>>,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+}
+
+impl OrtModel {
+    pub(crate) fn prepare(model: &Model, options: &Options) -> Result<OrtModel> {
+        let env = environment(options.ort_library.as_deref())?;
+        let builder = OrtSession::builder(env).map_err(|e| backend_err("creating a session builder", e))?;
+        let mut builder = builder
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .and_then(|b| b.with_intra_threads(options.threads.max(1)))
+            .and_then(|b| b.with_inter_threads(1))
+            .map_err(|e| backend_err("configuring the session", e))?;
+        if !options.ort_prepacking {
+            builder = builder
+                .with_config_entry("session.disable_prepacking", "1")
+                .map_err(|e| backend_err("disabling prepacking", e))?;
+        }
+        // ONNX Runtime resolves external data relative to the model's path itself, and memory-maps
+        // it: loading from the path (not from our map) keeps that behaviour.
+        let session = builder.commit_from_file(model.path()).map_err(|e| classify(model, e))?;
+        let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
+        let expected: Vec<&str> = model.info().inputs.iter().map(|i| i.name.as_str()).collect();
+        if input_names.iter().map(String::as_str).ne(expected.iter().copied()) {
+            return Err(Error::InvalidModel(format!(
+                "ONNX Runtime sees inputs {input_names:?}, the file declares {expected:?}"
+            )));
+        }
+        Ok(OrtModel { session: std::sync::Arc::new(Mutex::new(session)), input_names, output_names })
+    }
+}
+
+/// ONNX Runtime reports unknown operators as text; map them to `UnsupportedOp` by finding the
+/// model's operator named in the message.
+fn classify(model: &Model, e: ort::Error) -> Error {
+    let message = e.to_string();
+    let unknown = message.contains("not a registered function/op")
+        || message.contains("Could not find an implementation")
+        || message.contains("No opset import for domain");
+    if unknown {
+        let named = model.info().ops.keys().find(|op| {
+            let bare = op.rsplit('.').next().unwrap_or(op);
+            message.contains(bare)
+        });
+        if let Some(op) = named {
+            return Error::UnsupportedOp { op: op.clone(), backend: NAME };
+        }
+    }
+    Error::InvalidModel(format!("ONNX Runtime refused the model: {message}"))
+}
+
+impl PreparedModel for OrtModel {
+    fn new_state(&self) -> Result<Box<dyn BackendState>> {
+        Ok(Box::new(OrtState {
+            session: self.session.clone(),
+            input_names: self.input_names.clone(),
+            output_names: self.output_names.clone(),
+        }))
+    }
+}
+
+struct OrtState {
+    session: std::sync::Arc<Mutex<OrtSession>>,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+}
+
+/// Wraps the caller's buffer without copying: ONNX Runtime reads it in place.
+fn to_ort<'a>(view: &TensorView<'a>) -> Result<SessionInputValue<'a>> {
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    let err = |e: ort::Error| backend_err("building an input tensor", e);
+    Ok(match view.data() {
+        TensorDataView::F32(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+        TensorDataView::F16(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+        TensorDataView::I64(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+        TensorDataView::I32(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+        TensorDataView::U8(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+        TensorDataView::I8(d) => TensorRef::from_array_view((shape, d)).map_err(err)?.into(),
+    })
+}
+
+fn from_ort(value: &DynValue) -> Result<Tensor> {
+    let err = |e: ort::Error| backend_err("reading an output", e);
+    let ty = match value.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => return Err(backend_err("reading an output", format!("{other:?} is not a tensor"))),
+    };
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+            (shape.iter().map(|&d| d as usize).collect::<Vec<_>>(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Float32 => extract!(f32, F32),
+        TensorElementType::Float16 => extract!(half::f16, F16),
+        TensorElementType::Int64 => extract!(i64, I64),
+        TensorElementType::Int32 => extract!(i32, I32),
+        TensorElementType::Uint8 => extract!(u8, U8),
+        TensorElementType::Int8 => extract!(i8, I8),
+        other => return Err(backend_err("reading an output", format!("dtype {other:?} is not one ferrite carries"))),
+    };
+    Tensor::from_data(shape, data)
+}
+
+impl BackendState for OrtState {
+    fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, view) in self.input_names.iter().zip(inputs) {
+            values.push((name.as_str(), to_ort(view)?));
+        }
+        let mut session = self.session.lock().map_err(|_| backend_err("running", "a previous run panicked"))?;
+        let outputs = session.run(values).map_err(|e| backend_err("running the session", e))?;
+        self.output_names.iter().map(|name| from_ort(&outputs[name.as_str()])).collect()
+    }
+}

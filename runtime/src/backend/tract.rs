@@ -1,0 +1,171 @@
+//! The tract backend: pure Rust, no shared library, the default on embedded targets.
+//!
+//! Known limits of tract 0.23 this module works with (see docs/runtime.md):
+//! - `value_info` entries with symbolic sizes confuse its analyser, so they are ignored
+//!   (`with_ignore_value_info(true)`); graph inputs/outputs still carry their shapes.
+//! - Unknown operators only fail late (while typing the graph); they are caught up front by
+//!   checking every node against tract's ONNX operator registry.
+//! - Weights are copied into tract's own buffers: no zero-copy from the file.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::{
+    InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, tvec,
+};
+use tract_onnx::tract_core::internal::DatumType;
+
+use super::{BackendState, Options, PreparedModel};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
+
+const NAME: &str = "tract";
+
+fn backend_err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend { backend: NAME, message: format!("{context}: {e:#}") }
+}
+
+fn invalid(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::InvalidModel(format!("{context} (tract): {e:#}"))
+}
+
+/// A model optimised and planned by tract, shared by all its sessions.
+pub(crate) struct TractModel {
+    plan: Arc<TypedRunnableModel>,
+}
+
+impl TractModel {
+    pub(crate) fn prepare(model: &Model, options: &Options) -> Result<TractModel> {
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        if let Some(op) = model.info().ops.keys().find(|op| !onnx.op_register.0.contains_key(bare_op(op))) {
+            return Err(Error::UnsupportedOp { op: op.clone(), backend: NAME });
+        }
+        let proto = model.proto()?;
+        let dir = model.dir().to_str();
+        let parsed = onnx.parse(&proto, dir).map_err(|e| invalid("parsing the graph", e))?;
+        drop(proto);
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(Error::InvalidModel(format!(
+                "tensors used but never defined: {}",
+                parsed.unresolved_inputs.join(", ")
+            )));
+        }
+        let typed = parsed.model.into_typed().map_err(|e| invalid("typing the graph", e))?;
+        let optimized = typed.into_optimized().map_err(|e| invalid("optimising the graph", e))?;
+        let run_options = tract_onnx::tract_core::runtime::RunOptions {
+            executor: executor(options.threads)?,
+            ..Default::default()
+        };
+        let plan = optimized
+            .into_runnable_with_options(&run_options)
+            .map_err(|e| invalid("planning the graph", e))?;
+        check_interface(model, &plan)?;
+        Ok(TractModel { plan })
+    }
+}
+
+/// The registry is keyed by op type alone; ferrite names non-default-domain ops `domain.Op`.
+fn bare_op(op: &str) -> &str {
+    op.rsplit('.').next().unwrap_or(op)
+}
+
+#[cfg(feature = "tract-threads")]
+fn executor(threads: usize) -> Result<Option<tract_onnx::tract_core::tract_linalg::multithread::Executor>> {
+    use tract_onnx::tract_core::tract_linalg::multithread::Executor;
+    if threads <= 1 {
+        return Ok(Some(Executor::SingleThread));
+    }
+    // Built here rather than by Executor::multithread, which panics when a pool cannot be made.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("ferrite-tract-{i}"))
+        .build()
+        .map_err(|e| Error::ResourceLimit(format!("cannot start {threads} compute threads: {e}")))?;
+    Ok(Some(Executor::MultiThread(Arc::new(pool))))
+}
+
+#[cfg(not(feature = "tract-threads"))]
+fn executor(threads: usize) -> Result<Option<tract_onnx::tract_core::tract_linalg::multithread::Executor>> {
+    if threads > 1 {
+        log::warn!("built without `tract-threads`: tract runs single-threaded ({threads} requested)");
+    }
+    Ok(None)
+}
+
+/// tract keeps graph inputs/outputs in file order; make sure that is what the session assumes.
+fn check_interface(model: &Model, plan: &Arc<TypedRunnableModel>) -> Result<()> {
+    let graph = plan.model();
+    let names = |outlets: &[tract_onnx::prelude::OutletId]| -> Vec<String> {
+        outlets.iter().map(|o| graph.node(o.node).name.clone()).collect()
+    };
+    let inputs = names(graph.input_outlets().map_err(|e| backend_err("reading inputs", e))?);
+    let expected: Vec<String> = model.info().inputs.iter().map(|i| i.name.clone()).collect();
+    if inputs != expected {
+        return Err(Error::InvalidModel(format!("tract sees inputs {inputs:?}, the file declares {expected:?}")));
+    }
+    let outputs = graph.output_outlets().map_err(|e| backend_err("reading outputs", e))?.len();
+    if outputs != model.info().outputs.len() {
+        return Err(Error::InvalidModel(format!(
+            "tract sees {outputs} outputs, the file declares {}",
+            model.info().outputs.len()
+        )));
+    }
+    Ok(())
+}
+
+impl PreparedModel for TractModel {
+    fn new_state(&self) -> Result<Box<dyn BackendState>> {
+        let state = self.plan.spawn().map_err(|e| backend_err("creating a session", e))?;
+        Ok(Box::new(TractState { state }))
+    }
+}
+
+struct TractState {
+    state: tract_onnx::prelude::TypedSimpleState,
+}
+
+fn to_tract(view: &TensorView<'_>) -> Result<TractTensor> {
+    let shape = view.shape();
+    let t = match view.data() {
+        TensorDataView::F32(d) => TractTensor::from_shape(shape, d),
+        TensorDataView::F16(d) => TractTensor::from_shape(shape, d),
+        TensorDataView::I64(d) => TractTensor::from_shape(shape, d),
+        TensorDataView::I32(d) => TractTensor::from_shape(shape, d),
+        TensorDataView::U8(d) => TractTensor::from_shape(shape, d),
+        TensorDataView::I8(d) => TractTensor::from_shape(shape, d),
+    };
+    t.map_err(|e| backend_err("building an input tensor", e))
+}
+
+fn from_tract(t: &TractTensor) -> Result<Tensor> {
+    let shape = t.shape().to_vec();
+    let slice_err = |e| backend_err("reading an output", e);
+    let plain = t.try_as_plain_ram().map_err(slice_err)?;
+    let data = match t.datum_type() {
+        DatumType::F32 => TensorData::F32(plain.as_slice::<f32>().map_err(slice_err)?.to_vec()),
+        DatumType::F16 => TensorData::F16(plain.as_slice::<half::f16>().map_err(slice_err)?.to_vec()),
+        DatumType::I64 => TensorData::I64(plain.as_slice::<i64>().map_err(slice_err)?.to_vec()),
+        DatumType::I32 => TensorData::I32(plain.as_slice::<i32>().map_err(slice_err)?.to_vec()),
+        DatumType::U8 => TensorData::U8(plain.as_slice::<u8>().map_err(slice_err)?.to_vec()),
+        DatumType::I8 => TensorData::I8(plain.as_slice::<i8>().map_err(slice_err)?.to_vec()),
+        other => {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: format!("output dtype {other:?} is not one ferrite carries"),
+            });
+        }
+    };
+    Tensor::from_data(shape, data)
+}
+
+impl BackendState for TractState {
+    fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        let mut values: TVec<TValue> = tvec![];
+        for view in inputs {
+            values.push(to_tract(view)?.into());
+        }
+        let outputs = self.state.run(values).map_err(|e| backend_err("running the plan", e))?;
+        outputs.iter().map(|v| from_tract(v)).collect()
+    }
+}
+

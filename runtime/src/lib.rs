@@ -1,0 +1,33 @@
+//! ferrite's no-frills runtime: memory-map an ONNX model, check it, and run it on
+//! [tract](https://github.com/sonos/tract) (pure Rust, the default) or ONNX Runtime (feature
+//! `ort`, loaded from its shared library at run time).
+//!
+//! It does not train, export or download anything, and never depends on ferrite's exporter or
+//! trainer: firmware builds compile this crate alone.
+//!
+//! ```no_run
+//! use ferrite_runtime::{Model, Options, Tensor};
+//!
+//! let model = Model::open("tests/models/external_data/model.onnx")?;
+//! let mut session = model.prepare(&Options::default())?.session()?;
+//! let x = Tensor::new(vec![3, 32], vec![0.25f32; 96])?;
+//! let y = session.run(&[("x", x.view())])?;
+//! assert_eq!(y.get("y").unwrap().shape(), &[3, 16]);
+//! # Ok::<(), ferrite_runtime::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod session;
+pub mod tensor;
+
+pub use backend::{BackendKind, Options};
+pub use error::{Error, Result};
+pub use model::{Dim, IoInfo, Model, ModelInfo};
+pub use session::{Outputs, Plan, Session};
+pub use tensor::{DType, Element, Tensor, TensorData, TensorDataView, TensorView};
+
+/// Re-exported so callers can build f16 tensors without naming the `half` crate themselves.
+pub use half::f16;
