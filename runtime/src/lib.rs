@@ -20,6 +20,8 @@
 pub mod backend;
 pub mod error;
 pub mod model;
+#[cfg(feature = "npy")]
+pub mod npy;
 pub mod session;
 pub mod tensor;
 

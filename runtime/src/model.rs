@@ -189,7 +189,10 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto> {
             )));
         }
         Err(e) => {
-            return Err(Error::NotOnnx { path: path.into(), reason: format!("not a protobuf ModelProto ({e})") });
+            return Err(Error::NotOnnx {
+                path: path.into(),
+                reason: format!("not a protobuf ModelProto ({e})"),
+            });
         }
     };
     let plausible = proto.ir_version > 0 && proto.ir_version < 100;
@@ -359,15 +362,19 @@ fn walk_graph(
 fn check_initializer(t: &pb::TensorProto, dir: &Path, external: &mut BTreeSet<String>) -> Result<u64> {
     let mut count: u64 = 1;
     for &d in &t.dims {
-        let d = u64::try_from(d)
-            .map_err(|_| Error::InvalidModel(format!("initializer `{}` has a negative dimension {d}", t.name)))?;
+        let d = u64::try_from(d).map_err(|_| {
+            Error::InvalidModel(format!("initializer `{}` has a negative dimension {d}", t.name))
+        })?;
         count = count.checked_mul(d).ok_or_else(|| {
             Error::ResourceLimit(format!("initializer `{}`: the product of its dims overflows", t.name))
         })?;
     }
     let (dtype, bits) = onnx_dtype(t.data_type);
     if dtype == "?" {
-        return Err(Error::InvalidModel(format!("initializer `{}` has unknown data type {}", t.name, t.data_type)));
+        return Err(Error::InvalidModel(format!(
+            "initializer `{}` has unknown data type {}",
+            t.name, t.data_type
+        )));
     }
     let bytes = (count.checked_mul(bits).ok_or_else(|| {
         Error::ResourceLimit(format!("initializer `{}` is larger than addressable memory", t.name))
@@ -403,12 +410,19 @@ fn check_initializer(t: &pb::TensorProto, dir: &Path, external: &mut BTreeSet<St
     Ok(bytes)
 }
 
-fn check_external(t: &pb::TensorProto, bytes: u64, dir: &Path, external: &mut BTreeSet<String>) -> Result<()> {
+fn check_external(
+    t: &pb::TensorProto,
+    bytes: u64,
+    dir: &Path,
+    external: &mut BTreeSet<String>,
+) -> Result<()> {
     let mut location = None;
     let mut offset = 0u64;
     let mut length = None;
     for kv in &t.external_data {
-        let bad = |what: &str| Error::InvalidModel(format!("initializer `{}`: external data {what} `{}`", t.name, kv.value));
+        let bad = |what: &str| {
+            Error::InvalidModel(format!("initializer `{}`: external data {what} `{}`", t.name, kv.value))
+        };
         match kv.key.as_str() {
             "location" => location = Some(kv.value.clone()),
             "offset" => offset = kv.value.parse().map_err(|_| bad("offset"))?,

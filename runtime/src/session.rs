@@ -39,7 +39,11 @@ impl Model {
     /// Prepares the model on the backend `options` choose. Done once; sessions reuse it.
     pub fn prepare(&self, options: &Options) -> Result<Plan> {
         let prepared = backend::prepare(self, options)?;
-        Ok(Plan { backend: options.backend, info: Arc::new(self.info().clone()), prepared: Arc::from(prepared) })
+        Ok(Plan {
+            backend: options.backend,
+            info: Arc::new(self.info().clone()),
+            prepared: Arc::from(prepared),
+        })
     }
 }
 
@@ -126,7 +130,10 @@ fn order_inputs<'a>(declared: &[IoInfo], given: &[(&str, TensorView<'a>)]) -> Re
     for (i, (name, _)) in given.iter().enumerate() {
         if !declared.iter().any(|d| d.name == *name) {
             let known: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-            return Err(Error::InvalidInput(format!("the model has no input `{name}` (inputs: {})", known.join(", "))));
+            return Err(Error::InvalidInput(format!(
+                "the model has no input `{name}` (inputs: {})",
+                known.join(", ")
+            )));
         }
         if given[..i].iter().any(|(n, _)| n == name) {
             return Err(Error::InvalidInput(format!("input `{name}` given twice")));
@@ -191,4 +198,34 @@ fn check_one<'d>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    fn io(name: &str, dims: Vec<Dim>) -> IoInfo {
+        IoInfo { name: name.into(), dtype_name: "f32".into(), dtype: Some(DType::F32), shape: Some(dims) }
+    }
+
+    #[test]
+    fn a_symbol_shared_by_two_inputs_must_agree() {
+        let declared = vec![
+            io("a", vec![Dim::Symbolic("batch".into()), Dim::Fixed(2)]),
+            io("b", vec![Dim::Symbolic("batch".into())]),
+        ];
+        let a = [0f32; 6];
+        let b3 = [0f32; 3];
+        let b4 = [0f32; 4];
+        let va = TensorView::new(&[3, 2], &a).unwrap();
+        let ok = order_inputs(&declared, &[("b", TensorView::new(&[3], &b3).unwrap()), ("a", va)]).unwrap();
+        assert_eq!(ok[0].shape(), &[3, 2], "inputs come back in model order");
+        let err =
+            order_inputs(&declared, &[("a", va), ("b", TensorView::new(&[4], &b4).unwrap())]).unwrap_err();
+        assert!(
+            matches!(&err, Error::ShapeMismatch { input, expected, .. } if input == "b" && expected.contains("batch = 3")),
+            "{err}"
+        );
+    }
 }

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use ort::session::{Session as OrtSession, SessionInputValue};
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
 use super::{BackendState, Options, PreparedModel};
@@ -95,12 +95,15 @@ pub(crate) struct OrtModel {
 impl OrtModel {
     pub(crate) fn prepare(model: &Model, options: &Options) -> Result<OrtModel> {
         let env = environment(options.ort_library.as_deref())?;
-        let builder = OrtSession::builder(env).map_err(|e| backend_err("creating a session builder", e))?;
-        let mut builder = builder
+        let config = |e: ort::Error<_>| backend_err("configuring the session", e);
+        let mut builder = OrtSession::builder(env)
+            .map_err(|e| backend_err("creating a session builder", e))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .and_then(|b| b.with_intra_threads(options.threads.max(1)))
-            .and_then(|b| b.with_inter_threads(1))
-            .map_err(|e| backend_err("configuring the session", e))?;
+            .map_err(config)?
+            .with_intra_threads(options.threads.max(1))
+            .map_err(config)?
+            .with_inter_threads(1)
+            .map_err(config)?;
         if !options.ort_prepacking {
             builder = builder
                 .with_config_entry("session.disable_prepacking", "1")
@@ -125,7 +128,8 @@ impl OrtModel {
 /// model's operator named in the message.
 fn classify(model: &Model, e: ort::Error) -> Error {
     let message = e.to_string();
-    let unknown = message.contains("not a registered function/op")
+    let unknown = message.contains("No Op registered for")
+        || message.contains("not a registered function/op")
         || message.contains("Could not find an implementation")
         || message.contains("No opset import for domain");
     if unknown {
@@ -189,7 +193,12 @@ fn from_ort(value: &DynValue) -> Result<Tensor> {
         TensorElementType::Int32 => extract!(i32, I32),
         TensorElementType::Uint8 => extract!(u8, U8),
         TensorElementType::Int8 => extract!(i8, I8),
-        other => return Err(backend_err("reading an output", format!("dtype {other:?} is not one ferrite carries"))),
+        other => {
+            return Err(backend_err(
+                "reading an output",
+                format!("dtype {other:?} is not one ferrite carries"),
+            ));
+        }
     };
     Tensor::from_data(shape, data)
 }
@@ -200,7 +209,8 @@ impl BackendState for OrtState {
         for (name, view) in self.input_names.iter().zip(inputs) {
             values.push((name.as_str(), to_ort(view)?));
         }
-        let mut session = self.session.lock().map_err(|_| backend_err("running", "a previous run panicked"))?;
+        let mut session =
+            self.session.lock().map_err(|_| backend_err("running", "a previous run panicked"))?;
         let outputs = session.run(values).map_err(|e| backend_err("running the session", e))?;
         self.output_names.iter().map(|name| from_ort(&outputs[name.as_str()])).collect()
     }

@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use tract_onnx::prelude::{
-    InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, tvec,
-};
+use tract_onnx::prelude::{InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, tvec};
 use tract_onnx::tract_core::internal::DatumType;
 
 use super::{BackendState, Options, PreparedModel};
@@ -101,7 +99,9 @@ fn check_interface(model: &Model, plan: &Arc<TypedRunnableModel>) -> Result<()> 
     let inputs = names(graph.input_outlets().map_err(|e| backend_err("reading inputs", e))?);
     let expected: Vec<String> = model.info().inputs.iter().map(|i| i.name.clone()).collect();
     if inputs != expected {
-        return Err(Error::InvalidModel(format!("tract sees inputs {inputs:?}, the file declares {expected:?}")));
+        return Err(Error::InvalidModel(format!(
+            "tract sees inputs {inputs:?}, the file declares {expected:?}"
+        )));
     }
     let outputs = graph.output_outlets().map_err(|e| backend_err("reading outputs", e))?.len();
     if outputs != model.info().outputs.len() {
@@ -115,13 +115,16 @@ fn check_interface(model: &Model, plan: &Arc<TypedRunnableModel>) -> Result<()> 
 
 impl PreparedModel for TractModel {
     fn new_state(&self) -> Result<Box<dyn BackendState>> {
-        let state = self.plan.spawn().map_err(|e| backend_err("creating a session", e))?;
-        Ok(Box::new(TractState { state }))
+        Ok(Box::new(TractState { plan: self.plan.clone() }))
     }
 }
 
+/// tract's `SimpleState` keeps operator state between runs: its LSTM (a Scan) continues from the
+/// previous run's final h/c instead of the `initial_h`/`initial_c` inputs (measured: 0.23 max abs
+/// difference on the second run of tests/models/lstm). Recurrent state is an explicit input in
+/// ferrite's graphs, so every run starts from a fresh state spawned off the shared plan.
 struct TractState {
-    state: tract_onnx::prelude::TypedSimpleState,
+    plan: Arc<TypedRunnableModel>,
 }
 
 fn to_tract(view: &TensorView<'_>) -> Result<TractTensor> {
@@ -164,8 +167,8 @@ impl BackendState for TractState {
         for view in inputs {
             values.push(to_tract(view)?.into());
         }
-        let outputs = self.state.run(values).map_err(|e| backend_err("running the plan", e))?;
+        let mut state = self.plan.spawn().map_err(|e| backend_err("creating run state", e))?;
+        let outputs = state.run(values).map_err(|e| backend_err("running the plan", e))?;
         outputs.iter().map(|v| from_tract(v)).collect()
     }
 }
-
