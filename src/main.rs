@@ -21,6 +21,12 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Run a model on .npy inputs and write its outputs as .npz.
     Infer(cmd::infer::InferArgs),
+    /// Convert trained weights (ferrite LSTM, Hugging Face GPT-2 / BERT) into an ONNX bundle.
+    #[cfg(feature = "export")]
+    Export(ferrite_exporter::cli::ExportArgs),
+    /// Train an LSTM or GPT-2-style language model on a text corpus (CPU).
+    #[cfg(feature = "train")]
+    Train(ferrite_trainer::cli::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +35,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Infer(args) => cmd::infer::run(args),
+        #[cfg(feature = "export")]
+        Command::Export(args) => ferrite_exporter::cli::run(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => ferrite_trainer::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,151 @@
+//! Source architectures: detection from a checkpoint directory, and one file per architecture
+//! that reads its weights and describes its graph.
+//!
+//! An architecture knows its checkpoint's tensor names and its ONNX interface; it does not know
+//! how weights are quantised (it asks [`crate::quant`]) nor how bundles are written.
+
+pub mod bert;
+pub mod gpt2;
+mod layers;
+pub mod lstm;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ferrite_runtime::Tensor;
+use serde_json::Value;
+
+use crate::error::{ExportError, Result};
+use crate::onnx::GraphBuilder;
+use crate::quant::QuantScheme;
+
+/// The architectures the exporter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchKind {
+    /// ferrite's (= PyTorch's) Embedding → LSTM → Linear language model.
+    Lstm,
+    /// Hugging Face GPT-2.
+    Gpt2,
+    /// Hugging Face BERT encoders, sentence-transformers folders included.
+    Bert,
+}
+
+/// What an exported output is, for the accuracy report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Next-token logits `[B, S, V]`: max abs error and top-1 agreement.
+    Logits,
+    /// Embeddings `[B, D]`: cosine similarity.
+    Embedding,
+    /// Anything else (states, caches, hidden states): max abs error only.
+    State,
+}
+
+/// One graph input or output and what it is for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IoRole {
+    /// The tensor's name in the graph.
+    pub name: String,
+    /// What a caller does with it (`token ids`, `recurrent state in`…).
+    pub role: String,
+    /// The declared shape, symbolic dims by name.
+    pub shape: Vec<String>,
+    /// `f32` or `i64`.
+    pub dtype: &'static str,
+    /// How the accuracy report compares it (outputs only).
+    #[serde(skip)]
+    pub kind: OutputKind,
+}
+
+impl IoRole {
+    pub(crate) fn new(name: &str, role: &str, shape: &[&str], dtype: &'static str, kind: OutputKind) -> Self {
+        IoRole {
+            name: name.into(),
+            role: role.into(),
+            shape: shape.iter().map(|s| s.to_string()).collect(),
+            dtype,
+            kind,
+        }
+    }
+}
+
+/// A loaded source model that can describe itself as an ONNX graph.
+pub trait Architecture {
+    /// Which architecture this is.
+    fn kind(&self) -> ArchKind;
+    /// Builds the graph with weights stored under `scheme`.
+    fn build(&self, scheme: QuantScheme) -> Result<GraphBuilder>;
+    /// Graph inputs, in order.
+    fn inputs(&self) -> Vec<IoRole>;
+    /// Graph outputs, in order.
+    fn outputs(&self) -> Vec<IoRole>;
+    /// Deterministic sample inputs for the golden file and the accuracy report.
+    fn sample_inputs(&self) -> Result<Vec<(String, Tensor)>>;
+    /// Longest sequence the model was trained for, when it has a limit.
+    fn context_length(&self) -> Option<usize>;
+    /// Special token ids from the config (`bos`, `eos`, `pad`…).
+    fn special_tokens(&self) -> BTreeMap<String, i64>;
+}
+
+/// Reads `dir/config.json`.
+pub(crate) fn read_config(dir: &Path) -> Result<Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ExportError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| ExportError::config(&path, e.to_string()))
+}
+
+/// A required unsigned integer field of a config.
+pub(crate) fn usize_field(cfg: &Value, dir: &Path, key: &str) -> Result<usize> {
+    cfg.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| {
+        ExportError::config(dir.join("config.json"), format!("missing or non-integer field `{key}`"))
+    })
+}
+
+/// Detects the architecture of a checkpoint directory from its `config.json`.
+pub fn detect(dir: &Path) -> Result<ArchKind> {
+    let cfg = read_config(dir)?;
+    if cfg.get("arch").and_then(Value::as_str) == Some("lstm") {
+        return Ok(ArchKind::Lstm);
+    }
+    match cfg.get("model_type").and_then(Value::as_str) {
+        Some("gpt2") => Ok(ArchKind::Gpt2),
+        Some("bert") => Ok(ArchKind::Bert),
+        Some(other) => Err(ExportError::UnknownArchitecture(format!(
+            "{}: model_type `{other}` (supported: gpt2, bert, or ferrite's arch `lstm`)",
+            dir.display()
+        ))),
+        None => Err(ExportError::UnknownArchitecture(format!(
+            "{}: config.json has neither `arch` nor `model_type`",
+            dir.display()
+        ))),
+    }
+}
+
+/// Loads the checkpoint in `dir` as `kind` (detected when `None`).
+pub fn load(dir: &Path, kind: Option<ArchKind>) -> Result<Box<dyn Architecture>> {
+    let kind = match kind {
+        Some(k) => k,
+        None => detect(dir)?,
+    };
+    Ok(match kind {
+        ArchKind::Lstm => Box::new(lstm::Lstm::load(dir)?),
+        ArchKind::Gpt2 => Box::new(gpt2::Gpt2::load(dir)?),
+        ArchKind::Bert => Box::new(bert::Bert::load(dir)?),
+    })
+}
+
+/// Deterministic token ids in `1..vocab` (splitmix64), so sample inputs never depend on a RNG crate.
+pub(crate) fn sample_ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec<i64> {
+    let mut state = seed;
+    (0..batch * seq)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            1 + (z % (vocab.max(2) as u64 - 1)) as i64
+        })
+        .collect()
+}

@@ -1,0 +1,229 @@
+//! Writing a bundle: graph, external weights, tokenizer, goldens and manifest, all or nothing.
+//!
+//! Everything is written into a temporary directory next to OUTDIR (same filesystem, so the final
+//! `rename` is atomic) which is deleted on any error, including a panic unwinding through here. A
+//! replaced OUTDIR is first moved aside and only deleted once the new bundle is in place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ferrite_runtime::{BackendKind, Model, Options, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::accuracy::{self, AccuracyReport};
+use crate::arch::{self, ArchKind, Architecture, IoRole};
+use crate::error::{ExportError, Result};
+use crate::onnx::{self, DATA_FILE, MODEL_FILE};
+use crate::quant::QuantScheme;
+
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "ferrite.json";
+/// The goldens' file name.
+pub const GOLDEN_FILE: &str = "golden.npz";
+/// Tokenizer files copied from the source directory when present.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+];
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// How weights are stored.
+    pub quant: QuantScheme,
+    /// Forces the architecture instead of detecting it.
+    pub arch: Option<ArchKind>,
+    /// Replace an existing output directory.
+    pub force: bool,
+    /// Fails on purpose at the named stage (`model`, `golden`, `manifest`, `rename`): lets tests
+    /// prove that a failed export leaves nothing behind.
+    #[doc(hidden)]
+    pub fail_at: Option<&'static str>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions { quant: QuantScheme::Fp32, arch: None, force: false, fail_at: None }
+    }
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileEntry {
+    /// Name inside the bundle.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the contents.
+    pub sha256: String,
+}
+
+/// What `ferrite.json` holds (and `--json` prints).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// The exporter that wrote it.
+    pub exporter: String,
+    /// Source architecture.
+    pub architecture: ArchKind,
+    /// Weight storage scheme.
+    pub quantisation: QuantScheme,
+    /// Graph inputs and what they are for.
+    pub inputs: Vec<IoRole>,
+    /// Graph outputs and what they are for.
+    pub outputs: Vec<IoRole>,
+    /// Longest sequence the model handles, when it has a limit.
+    pub context_length: Option<usize>,
+    /// Special token ids.
+    pub special_tokens: BTreeMap<String, i64>,
+    /// Every other file of the bundle with its hash.
+    pub files: Vec<FileEntry>,
+    /// Quantised vs fp32 on the sample inputs (absent for fp32 bundles).
+    pub accuracy: Option<AccuracyReport>,
+}
+
+fn check_stage(opts: &ExportOptions, stage: &'static str) -> Result<()> {
+    if opts.fail_at == Some(stage) { Err(ExportError::Injected(stage)) } else { Ok(()) }
+}
+
+/// Runs the model in `dir` on `inputs` with tract; outputs in graph order.
+pub fn run_model(
+    dir: &Path,
+    inputs: &[(String, Tensor)],
+    backend: BackendKind,
+) -> Result<Vec<(String, Tensor)>> {
+    let model = Model::open(dir.join(MODEL_FILE))?;
+    let mut session = model.prepare(&Options::default().backend(backend))?.session()?;
+    let views: Vec<(&str, _)> = inputs.iter().map(|(n, t)| (n.as_str(), t.view())).collect();
+    Ok(session.run(&views)?.into_vec())
+}
+
+fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
+    let path = dir.join(name);
+    let mut file = std::fs::File::open(&path).map_err(|e| ExportError::io(&path, e))?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| ExportError::io(&path, e))?;
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(FileEntry { name: name.into(), bytes, sha256 })
+}
+
+fn write_graph(arch: &dyn Architecture, scheme: QuantScheme, dir: &Path) -> Result<()> {
+    let graph = arch.build(scheme)?;
+    let mut meta = vec![
+        ("ferrite.architecture".to_string(), format!("{:?}", arch.kind()).to_lowercase()),
+        ("ferrite.quantisation".to_string(), scheme.name().to_string()),
+    ];
+    if let Some(n) = arch.context_length() {
+        meta.push(("ferrite.context_length".into(), n.to_string()));
+    }
+    onnx::write_model(dir, graph, &format!("ferrite_{}", scheme.name()), &meta)
+}
+
+/// Exports the checkpoint in `src` as a bundle in `out`. Returns the manifest written.
+pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> {
+    if out.exists() && !opts.force {
+        return Err(ExportError::OutputExists { path: out.into() });
+    }
+    let arch = arch::load(src, opts.arch)?;
+
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| ExportError::io(&parent, e))?;
+    let base = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{base}.tmp-"))
+        .tempdir_in(&parent)
+        .map_err(|e| ExportError::io(&parent, e))?;
+
+    // The bundle's own graph, then (for quantised bundles) the fp32 reference beside it.
+    write_graph(arch.as_ref(), opts.quant, tmp.path())?;
+    check_stage(opts, "model")?;
+    let inputs = arch.sample_inputs()?;
+    let own = run_model(tmp.path(), &inputs, BackendKind::Tract)?;
+    let (fp32_outputs, accuracy) = if opts.quant == QuantScheme::Fp32 {
+        (own, None)
+    } else {
+        let reference = tempfile::Builder::new()
+            .prefix(&format!(".{base}.fp32-"))
+            .tempdir_in(&parent)
+            .map_err(|e| ExportError::io(&parent, e))?;
+        write_graph(arch.as_ref(), QuantScheme::Fp32, reference.path())?;
+        let fp32 = run_model(reference.path(), &inputs, BackendKind::Tract)?;
+        let report = accuracy::report(&arch.outputs(), &fp32, &own, "tract")?;
+        (fp32, Some(report))
+    };
+
+    let mut golden: Vec<(String, Tensor)> = inputs;
+    golden.extend(fp32_outputs);
+    crate::golden::write_npz(&tmp.path().join(GOLDEN_FILE), &golden)?;
+    check_stage(opts, "golden")?;
+
+    let mut names = vec![MODEL_FILE.to_string(), DATA_FILE.to_string(), GOLDEN_FILE.to_string()];
+    for name in TOKENIZER_FILES {
+        let from = src.join(name);
+        if from.is_file() {
+            let to = tmp.path().join(name);
+            std::fs::copy(&from, &to).map_err(|e| ExportError::io(&from, e))?;
+            names.push(name.to_string());
+        }
+    }
+    let files = names.iter().map(|n| file_entry(tmp.path(), n)).collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest {
+        format: 1,
+        exporter: format!("ferrite-exporter {}", env!("CARGO_PKG_VERSION")),
+        architecture: arch.kind(),
+        quantisation: opts.quant,
+        inputs: arch.inputs(),
+        outputs: arch.outputs(),
+        context_length: arch.context_length(),
+        special_tokens: arch.special_tokens(),
+        files,
+        accuracy,
+    };
+    let manifest_path = tmp.path().join(MANIFEST_FILE);
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| ExportError::config(&manifest_path, e.to_string()))?;
+    std::fs::write(&manifest_path, json).map_err(|e| ExportError::io(&manifest_path, e))?;
+    check_stage(opts, "manifest")?;
+
+    publish(tmp, out, opts)?;
+    Ok(manifest)
+}
+
+/// Renames the finished temporary directory to `out`, moving an existing `out` aside first.
+fn publish(tmp: tempfile::TempDir, out: &Path, opts: &ExportOptions) -> Result<()> {
+    let parent = tmp.path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    // Holds the previous bundle until the new one is in place; deleted with its guard.
+    let old = if out.exists() {
+        let aside = tempfile::Builder::new()
+            .prefix(".old-")
+            .tempdir_in(&parent)
+            .map_err(|e| ExportError::io(&parent, e))?;
+        let target = aside.path().join("bundle");
+        std::fs::rename(out, &target).map_err(|e| ExportError::io(out, e))?;
+        Some((aside, target))
+    } else {
+        None
+    };
+    let result = check_stage(opts, "rename")
+        .and_then(|()| std::fs::rename(tmp.path(), out).map_err(|e| ExportError::io(out, e)));
+    if let Err(e) = result {
+        if let Some((_, target)) = &old {
+            // Put the previous bundle back: a failed export must not cost the user their old one.
+            if let Err(restore) = std::fs::rename(target, out) {
+                log::error!("could not restore {} from {}: {restore}", out.display(), target.display());
+            }
+        }
+        return Err(e);
+    }
+    // The directory now lives at `out`: keep the guard from deleting anything.
+    let _ = tmp.keep();
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! `ferrite export`: the command-line face of [`crate::export`], mounted by the root binary.
+//!
+//! Only argument parsing and printing live here; errors become `anyhow` at this edge only.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::arch::ArchKind;
+use crate::bundle::{ExportOptions, export};
+use crate::quant::QuantScheme;
+
+/// Arguments of `ferrite export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Checkpoint directory (ferrite LSTM, Hugging Face GPT-2 or BERT / sentence-transformers).
+    pub src: PathBuf,
+    /// Output bundle directory.
+    #[arg(short = 'o', long = "out")]
+    pub out: PathBuf,
+    /// Weight storage: fp32, fp16, int8 (integer matmuls) or q4 (4-bit blocks).
+    #[arg(long, value_enum, default_value_t = QuantScheme::Fp32)]
+    pub quant: QuantScheme,
+    /// Replace OUTDIR if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the manifest (with the accuracy report) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Architecture, instead of detecting it from config.json.
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchKind>,
+}
+
+/// Runs `ferrite export`.
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let opts = ExportOptions { quant: args.quant, arch: args.arch, force: args.force, fail_at: None };
+    let manifest = export(&args.src, &args.out, &opts)
+        .with_context(|| format!("exporting {} to {}", args.src.display(), args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    } else {
+        let bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+        println!(
+            "wrote {} ({}, {}, {} bytes)",
+            args.out.display(),
+            format!("{:?}", manifest.architecture).to_lowercase(),
+            manifest.quantisation.name(),
+            bytes
+        );
+        if let Some(acc) = &manifest.accuracy {
+            for (name, a) in &acc.outputs {
+                let mut line = format!("  {name}: max abs error {:.3e}", a.max_abs_error);
+                if let Some(t) = a.top1_agreement {
+                    line += &format!(", top-1 agreement {:.2}%", t * 100.0);
+                }
+                if let Some(c) = a.min_cosine {
+                    line += &format!(", min cosine {c:.5}");
+                }
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! ferrite's exporter: reads a trained checkpoint (ferrite's LSTM, Hugging Face GPT-2 or BERT /
+//! sentence-transformers) and writes an ONNX bundle that both ferrite backends (tract and ONNX
+//! Runtime) run — fp32, fp16, int8 or 4-bit — with a manifest, goldens and an accuracy report.
+//!
+//! It needs no Python and no PyTorch. It does not train (see `ferrite-trainer`) and does not
+//! serve (see `ferrite-runtime`, which it uses only to check what it wrote).
+//!
+//! ```no_run
+//! use ferrite_exporter::{ExportOptions, QuantScheme, export};
+//! let manifest = export(
+//!     "checkpoints/lstm".as_ref(),
+//!     "bundles/lstm-int8".as_ref(),
+//!     &ExportOptions { quant: QuantScheme::Int8, ..Default::default() },
+//! )?;
+//! println!("{:?}", manifest.accuracy);
+//! # Ok::<(), ferrite_exporter::ExportError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod accuracy;
+pub mod arch;
+pub mod bundle;
+pub mod checkpoint;
+pub mod cli;
+pub mod error;
+pub mod golden;
+pub mod onnx;
+pub mod quant;
+
+pub use arch::ArchKind;
+pub use bundle::{ExportOptions, Manifest, export};
+pub use error::{ExportError, Result};
+pub use quant::QuantScheme;

@@ -1,0 +1,243 @@
+//! Nodes, initializers and typed graph inputs/outputs, collected in the order they are added.
+
+use tract_onnx::pb;
+
+/// The default-domain opset every exported file imports.
+pub const OPSET: i64 = 17;
+/// The com.microsoft opset imported when `MatMulNBits` is used.
+pub const OPSET_MS: i64 = 1;
+/// IR version 8 goes with opset 17; newer IRs are refused by tract 0.23.
+pub const IR_VERSION: i64 = 8;
+
+/// ONNX element types the exporter writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemType {
+    /// `FLOAT`.
+    F32,
+    /// `FLOAT16`.
+    F16,
+    /// `INT64`.
+    I64,
+    /// `INT32`.
+    I32,
+    /// `UINT8`.
+    U8,
+    /// `INT8`.
+    I8,
+    /// `BOOL`.
+    Bool,
+}
+
+impl ElemType {
+    /// The `TensorProto.DataType` code.
+    pub fn code(self) -> i32 {
+        match self {
+            ElemType::F32 => 1,
+            ElemType::U8 => 2,
+            ElemType::I8 => 3,
+            ElemType::I32 => 6,
+            ElemType::I64 => 7,
+            ElemType::Bool => 9,
+            ElemType::F16 => 10,
+        }
+    }
+}
+
+/// One dimension of a declared input/output shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named size (`batch`, `sequence`), resolved at run time.
+    Sym(&'static str),
+}
+
+/// A node attribute value.
+#[derive(Debug, Clone)]
+pub enum Attr {
+    /// `INT`.
+    Int(i64),
+    /// `INTS`.
+    Ints(Vec<i64>),
+    /// `FLOAT`.
+    Float(f32),
+    /// `STRING`.
+    Str(String),
+}
+
+/// An initializer's data, kept as little-endian bytes until the file is written.
+#[derive(Debug, Clone)]
+pub(crate) struct Initializer {
+    pub name: String,
+    pub elem: ElemType,
+    pub dims: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Collects an ONNX graph. Names of intermediate values are generated (`{hint}_{n}`) so that
+/// architectures only name what a reader of the file cares about: inputs, outputs, weights.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    pub(crate) nodes: Vec<pb::NodeProto>,
+    pub(crate) initializers: Vec<Initializer>,
+    pub(crate) inputs: Vec<pb::ValueInfoProto>,
+    pub(crate) outputs: Vec<pb::ValueInfoProto>,
+    pub(crate) uses_ms_domain: bool,
+    counter: usize,
+}
+
+fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: String::new(),
+            value: Some(match d {
+                Dim::Fixed(n) => Value::DimValue(*n as i64),
+                Dim::Sym(s) => Value::DimParam((*s).to_string()),
+            }),
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem.code(),
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn attribute(name: &str, value: Attr) -> pb::AttributeProto {
+    use pb::attribute_proto::AttributeType;
+    let mut a = pb::AttributeProto { name: name.to_string(), ..Default::default() };
+    match value {
+        Attr::Int(i) => {
+            a.i = i;
+            a.r#type = AttributeType::Int as i32;
+        }
+        Attr::Ints(v) => {
+            a.ints = v;
+            a.r#type = AttributeType::Ints as i32;
+        }
+        Attr::Float(f) => {
+            a.f = f;
+            a.r#type = AttributeType::Float as i32;
+        }
+        Attr::Str(s) => {
+            a.s = s.into_bytes();
+            a.r#type = AttributeType::String as i32;
+        }
+    }
+    a
+}
+
+impl GraphBuilder {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{hint}_{}", self.counter)
+    }
+
+    /// Declares a graph input and returns its name.
+    pub fn input(&mut self, name: &str, elem: ElemType, dims: &[Dim]) -> String {
+        self.inputs.push(value_info(name, elem, dims));
+        name.to_string()
+    }
+
+    /// Declares graph output `name`, fed from value `from` through an `Identity` (so that
+    /// architectures can build values freely and name the interface at the end).
+    pub fn output(&mut self, from: &str, name: &str, elem: ElemType, dims: &[Dim]) {
+        self.push_node("Identity", "", &[from], &[name.to_string()], Vec::new());
+        self.outputs.push(value_info(name, elem, dims));
+    }
+
+    /// Adds an initializer from raw little-endian bytes and returns its name.
+    pub fn init_bytes(&mut self, name: &str, elem: ElemType, dims: &[usize], bytes: Vec<u8>) -> String {
+        self.initializers.push(Initializer { name: name.to_string(), elem, dims: dims.to_vec(), bytes });
+        name.to_string()
+    }
+
+    /// Adds an f32 initializer.
+    pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init_bytes(name, ElemType::F32, dims, bytes)
+    }
+
+    /// Adds an i64 initializer.
+    pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init_bytes(name, ElemType::I64, dims, bytes)
+    }
+
+    /// A small i64 constant (shapes, axes) with a generated name.
+    pub fn const_i64(&mut self, data: &[i64]) -> String {
+        let name = self.fresh("const_i64");
+        self.init_i64(&name, &[data.len()], data)
+    }
+
+    /// An i64 scalar constant.
+    pub fn scalar_i64(&mut self, v: i64) -> String {
+        let name = self.fresh("scalar_i64");
+        self.init_i64(&name, &[], &[v])
+    }
+
+    /// An f32 scalar constant.
+    pub fn scalar_f32(&mut self, v: f32) -> String {
+        let name = self.fresh("scalar_f32");
+        self.init_f32(&name, &[], &[v])
+    }
+
+    fn push_node(
+        &mut self,
+        op: &str,
+        domain: &str,
+        inputs: &[&str],
+        outputs: &[String],
+        attrs: Vec<(&str, Attr)>,
+    ) {
+        let name = self.fresh(&format!("{op}_node"));
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.to_vec(),
+            name,
+            op_type: op.to_string(),
+            domain: domain.to_string(),
+            attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+            ..Default::default()
+        });
+    }
+
+    /// Adds a default-domain node with one output and returns the output's name.
+    /// An empty string in `inputs` marks an omitted optional input.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        self.op_n(op, inputs, 1, attrs).remove(0)
+    }
+
+    /// Adds a default-domain node with `n` outputs.
+    pub fn op_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+        let outputs: Vec<String> = (0..n).map(|_| self.fresh(&op.to_lowercase())).collect();
+        self.push_node(op, "", inputs, &outputs, attrs);
+        outputs
+    }
+
+    /// Adds a `com.microsoft` node with one output (only `MatMulNBits` is used).
+    pub fn op_ms(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        self.uses_ms_domain = true;
+        let out = self.fresh(&op.to_lowercase());
+        self.push_node(op, "com.microsoft", inputs, std::slice::from_ref(&out), attrs);
+        out
+    }
+
+    /// Total bytes of initializer data.
+    pub fn weight_bytes(&self) -> usize {
+        self.initializers.iter().map(|i| i.bytes.len()).sum()
+    }
+}

@@ -1,0 +1,102 @@
+//! Quantisation schemes, one module each, behind one entry point per kind of weight.
+//!
+//! Architectures never emit a matmul against a weight themselves: they call [`linear`] (dense
+//! layers, which each scheme may quantise) or [`float_weight`] (tables and recurrent weights that
+//! stay in float, narrowed to f16 under `fp16`). Which layers a scheme touches is decided here, in
+//! one place. Schemes only use ops both tract 0.23 and ONNX Runtime 1.31 run with real low-bit
+//! compute: `MatMulInteger` (int8) and com.microsoft `MatMulNBits` (q4).
+
+pub mod fp16;
+pub mod int8;
+pub mod q4;
+
+use crate::error::Result;
+use crate::onnx::GraphBuilder;
+
+/// How the weights of an exported model are stored and multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantScheme {
+    /// f32 weights, f32 compute: the reference.
+    Fp32,
+    /// f16 weights widened to f32 at load: half the size, same compute.
+    Fp16,
+    /// Per-output-channel symmetric int8 weights, dynamic uint8 activations, integer matmul.
+    Int8,
+    /// 4-bit blocks of 32 (`MatMulNBits`) for dense layers whose input size is a multiple of 32.
+    Q4,
+}
+
+impl QuantScheme {
+    /// The scheme's name as the CLI and manifest spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantScheme::Fp32 => "fp32",
+            QuantScheme::Fp16 => "fp16",
+            QuantScheme::Int8 => "int8",
+            QuantScheme::Q4 => "q4",
+        }
+    }
+}
+
+/// A dense layer `y = x · Wᵀ + b` with `W` stored `[out, inp]` row-major (PyTorch's layout).
+#[derive(Debug, Clone, Copy)]
+pub struct Linear<'a> {
+    /// Base name of the layer's initializers (the checkpoint name, for readability).
+    pub name: &'a str,
+    /// `[out, inp]` row-major.
+    pub weight: &'a [f32],
+    /// Output features.
+    pub out: usize,
+    /// Input features.
+    pub inp: usize,
+    /// `[out]`, when the layer has one.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Emits `x · Wᵀ + b` for a value `x` of shape `[..., inp]` under `scheme`; returns `[..., out]`.
+pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear<'_>) -> Result<String> {
+    let y = match scheme {
+        QuantScheme::Fp32 => {
+            let wt = crate::checkpoint::transpose(layer.weight, layer.out, layer.inp);
+            let w = g.init_f32(&format!("{}.weight_t", layer.name), &[layer.inp, layer.out], &wt);
+            g.op("MatMul", &[x, &w], vec![])
+        }
+        QuantScheme::Fp16 => fp16::matmul(g, x, layer),
+        QuantScheme::Int8 => int8::matmul(g, x, layer),
+        QuantScheme::Q4 if layer.inp.is_multiple_of(q4::BLOCK) => q4::matmul(g, x, layer),
+        // MatMulNBits blocks run along the input dimension; a layer it cannot block gets the
+        // next-smallest scheme instead of failing the export.
+        QuantScheme::Q4 => {
+            log::info!(
+                "{}: input size {} is not a multiple of {}: int8 instead of q4",
+                layer.name,
+                layer.inp,
+                q4::BLOCK
+            );
+            int8::matmul(g, x, layer)
+        }
+    };
+    Ok(match layer.bias {
+        Some(b) => {
+            let b = g.init_f32(&format!("{}.bias", layer.name), &[layer.out], b);
+            g.op("Add", &[&y, &b], vec![])
+        }
+        None => y,
+    })
+}
+
+/// A float weight that no scheme quantises (embedding tables, LSTM gates, norms): f32, or f16
+/// plus a `Cast` under `fp16`. Returns the name of an f32 value.
+pub fn float_weight(
+    g: &mut GraphBuilder,
+    scheme: QuantScheme,
+    name: &str,
+    dims: &[usize],
+    data: &[f32],
+) -> String {
+    match scheme {
+        QuantScheme::Fp16 => fp16::widened(g, name, dims, data),
+        _ => g.init_f32(name, dims, data),
+    }
+}
