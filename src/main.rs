@@ -21,6 +21,12 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Run a model on .npy inputs and write its outputs as .npz.
     Infer(cmd::infer::InferArgs),
+    /// Generate text with an LSTM or GPT-2 bundle (streams to stdout).
+    Generate(cmd::generate::GenerateArgs),
+    /// Sentence embeddings of texts with a BERT bundle.
+    Embed(cmd::embed::EmbedArgs),
+    /// Cross-entropy and perplexity of a bundle on a text file.
+    Eval(cmd::eval::EvalArgs),
     /// Convert trained weights (ferrite LSTM, Hugging Face GPT-2 / BERT) into an ONNX bundle.
     #[cfg(feature = "export")]
     Export(ferrite_exporter::cli::ExportArgs),
@@ -35,6 +41,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Infer(args) => cmd::infer::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Embed(args) => cmd::embed::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
         #[cfg(feature = "export")]
         Command::Export(args) => ferrite_exporter::cli::run(args),
         #[cfg(feature = "train")]

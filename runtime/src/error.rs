@@ -90,6 +90,53 @@ pub enum Error {
         /// The backend's own message.
         message: String,
     },
+
+    /// A bundle directory is incomplete or its `ferrite.json` is malformed.
+    #[error("{}: invalid bundle: {reason}", path.display())]
+    InvalidBundle {
+        /// The bundle directory or the file inside it that is wrong.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A bundle file's SHA-256 differs from the one its manifest lists (tampered or corrupt).
+    #[error("{}: sha256 mismatch (manifest {expected}, file {actual})", path.display())]
+    HashMismatch {
+        /// The file whose contents changed.
+        path: PathBuf,
+        /// The hash `ferrite.json` lists.
+        expected: String,
+        /// The hash of the file on disk.
+        actual: String,
+    },
+
+    /// Text could not be tokenized or ids could not be decoded, or the bundle has no tokenizer.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A token id outside the model's vocabulary.
+    #[error("token id {id} is outside the vocabulary (0..{vocab})")]
+    UnknownToken {
+        /// The offending id.
+        id: i64,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+
+    /// Generation or sampling settings that cannot be honoured (empty prompt, `max_tokens` 0,
+    /// a negative temperature, `top_p` outside (0, 1]…).
+    #[error("invalid generation settings: {0}")]
+    InvalidGeneration(String),
+
+    /// The sequence would exceed the model's context length.
+    #[error("context full: {needed} positions needed, the model handles {context_length}")]
+    ContextFull {
+        /// Positions the request needs.
+        needed: usize,
+        /// The model's context length.
+        context_length: usize,
+    },
 }
 
 impl Error {

@@ -18,18 +18,37 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bundle;
+#[cfg(feature = "text")]
+pub mod embed;
 pub mod error;
+#[cfg(feature = "text")]
+pub mod eval;
+pub mod generate;
 pub mod model;
 #[cfg(feature = "npy")]
 pub mod npy;
+pub mod sample;
 pub mod session;
+pub mod stream;
 pub mod tensor;
+#[cfg(feature = "text")]
+pub mod tokenizer;
 
 pub use backend::{BackendKind, Options};
+pub use bundle::{Architecture, Bundle, BundleOptions};
+#[cfg(feature = "text")]
+pub use embed::Embedder;
 pub use error::{Error, Result};
+#[cfg(feature = "text")]
+pub use eval::{Evaluation, evaluate};
+pub use generate::{GenerateOptions, Generation, Generator, StopReason};
 pub use model::{Dim, IoInfo, Model, ModelInfo};
+pub use sample::{Sampler, SamplingParams};
 pub use session::{Outputs, Plan, Session};
 pub use tensor::{DType, Element, Tensor, TensorData, TensorDataView, TensorView};
+#[cfg(feature = "text")]
+pub use tokenizer::TextTokenizer;
 
 /// Re-exported so callers can build f16 tensors without naming the `half` crate themselves.
 pub use half::f16;

@@ -1,5 +1,8 @@
 //! One module per subcommand; shared option parsing lives here.
 
+pub mod embed;
+pub mod eval;
+pub mod generate;
 pub mod infer;
 pub mod inspect;
 

@@ -204,20 +204,23 @@ impl Architecture for Bert {
         let shape = g.op("Shape", &[&ids], vec![]);
         let s = g.op("Gather", &[&shape, &one_i], vec![("axis", Attr::Int(0))]);
         let pos = g.op("Range", &[&zero_i, &s, &one_i], vec![]);
-        let word = quant::float_weight(
+        let e = quant::embedding(
             &mut g,
             scheme,
             "embeddings.word_embeddings.weight",
-            &[self.vocab, d],
+            [self.vocab, d],
             &self.word,
+            &ids,
         );
-        let position = quant::float_weight(
+        let p = quant::embedding(
             &mut g,
             scheme,
             "embeddings.position_embeddings.weight",
-            &[self.positions, d],
+            [self.positions, d],
             &self.position,
+            &pos,
         );
+        // Two rows: not worth quantising.
         let token_type = quant::float_weight(
             &mut g,
             scheme,
@@ -225,8 +228,6 @@ impl Architecture for Bert {
             &[self.types, d],
             &self.token_type,
         );
-        let e = g.op("Gather", &[&word, &ids], vec![("axis", Attr::Int(0))]);
-        let p = g.op("Gather", &[&position, &pos], vec![("axis", Attr::Int(0))]);
         let t = g.op("Gather", &[&token_type, &types], vec![("axis", Attr::Int(0))]);
         let e = g.op("Add", &[&e, &p], vec![]);
         let e = g.op("Add", &[&e, &t], vec![]);

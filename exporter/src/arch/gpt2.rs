@@ -189,10 +189,8 @@ impl Architecture for Gpt2 {
         let future = g.op("Greater", &[&krow, &qcol], vec![]);
         let masked = g.scalar_f32(f32::MIN);
 
-        let wte = quant::float_weight(&mut g, scheme, "wte.weight", &[self.vocab, d], &self.wte);
-        let wpe = quant::float_weight(&mut g, scheme, "wpe.weight", &[self.positions, d], &self.wpe);
-        let tok = g.op("Gather", &[&wte, &ids], vec![("axis", Attr::Int(0))]);
-        let pe = g.op("Gather", &[&wpe, &pos], vec![("axis", Attr::Int(0))]);
+        let tok = quant::embedding(&mut g, scheme, "wte.weight", [self.vocab, d], &self.wte, &ids);
+        let pe = quant::embedding(&mut g, scheme, "wpe.weight", [self.positions, d], &self.wpe, &pos);
         let mut x = g.op("Add", &[&tok, &pe], vec![]);
 
         let split = g.const_i64(&[d as i64; 3]);

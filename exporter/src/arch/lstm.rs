@@ -4,7 +4,8 @@
 //! Interface: `input_ids[B,S]` i64, `h0`/`c0` `[L,B,H]` → `logits[B,S,V]`, `hN`, `cN`, so a
 //! generator feeds one token at a time and carries the state. Each layer is one ONNX `LSTM` op
 //! (forward, default activations: all tract honours, and all PyTorch uses). The LSTM weights stay
-//! in float under every scheme; only the head is quantised (see `crate::quant`).
+//! in float under every scheme; the embedding table and the head are quantised (see `crate::quant`;
+//! why not the recurrence: the exporter README).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,14 +91,14 @@ impl Architecture for Lstm {
         let h0 = g.input("h0", ElemType::F32, &state_dims);
         let c0 = g.input("c0", ElemType::F32, &state_dims);
 
-        let table = quant::float_weight(
+        let x = quant::embedding(
             &mut g,
             scheme,
             "embedding.weight",
-            &[self.vocab, self.embed],
+            [self.vocab, self.embed],
             &self.embedding,
+            &ids,
         );
-        let x = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
         // ONNX LSTM's default layout is sequence-major; tract reads `layout` but the explicit
         // transpose keeps the graph independent of that attribute's support.
         let mut x = g.op("Transpose", &[&x], vec![("perm", Attr::Ints(vec![1, 0, 2]))]);

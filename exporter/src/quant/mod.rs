@@ -1,8 +1,9 @@
 //! Quantisation schemes, one module each, behind one entry point per kind of weight.
 //!
 //! Architectures never emit a matmul against a weight themselves: they call [`linear`] (dense
-//! layers, which each scheme may quantise) or [`float_weight`] (tables and recurrent weights that
-//! stay in float, narrowed to f16 under `fp16`). Which layers a scheme touches is decided here, in
+//! layers, which each scheme may quantise), [`embedding`] (a gather from a table, which `int8` and
+//! `q4` quantise too) or [`float_weight`] (recurrent weights and tiny tables that stay in float,
+//! narrowed to f16 under `fp16`). Which layers a scheme touches is decided here, in
 //! one place. Schemes only use ops both tract 0.23 and ONNX Runtime 1.31 run with real low-bit
 //! compute: `MatMulInteger` (int8) and com.microsoft `MatMulNBits` (q4).
 
@@ -63,7 +64,7 @@ pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear
             g.op("MatMul", &[x, &w], vec![])
         }
         QuantScheme::Fp16 => fp16::matmul(g, x, layer),
-        QuantScheme::Int8 => int8::matmul(g, x, layer),
+        QuantScheme::Int8 => int8::matmul_per_token(g, x, layer),
         QuantScheme::Q4 if layer.inp.is_multiple_of(q4::BLOCK) => q4::matmul(g, x, layer),
         // MatMulNBits blocks run along the input dimension; a layer it cannot block gets the
         // next-smallest scheme instead of failing the export.
@@ -74,7 +75,7 @@ pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear
                 layer.inp,
                 q4::BLOCK
             );
-            int8::matmul(g, x, layer)
+            int8::matmul_per_token(g, x, layer)
         }
     };
     Ok(match layer.bias {
@@ -86,7 +87,7 @@ pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear
     })
 }
 
-/// A float weight that no scheme quantises (embedding tables, LSTM gates, norms): f32, or f16
+/// A float weight that no scheme quantises (LSTM gates, tiny tables): f32, or f16
 /// plus a `Cast` under `fp16`. Returns the name of an f32 value.
 pub fn float_weight(
     g: &mut GraphBuilder,
@@ -98,5 +99,31 @@ pub fn float_weight(
     match scheme {
         QuantScheme::Fp16 => fp16::widened(g, name, dims, data),
         _ => g.init_f32(name, dims, data),
+    }
+}
+
+/// Rows `ids` of an embedding table `[rows, cols]` (word and position embeddings): f32 or f16
+/// under `fp32`/`fp16`, int8 per row under `int8`, 4-bit blocks under `q4` (int8 when `cols` is
+/// not a multiple of 64). Returns an f32 value of shape `ids ++ [cols]`.
+///
+/// The tables are most of a small transformer's bytes (half of all-MiniLM-L6-v2), so the size
+/// targets need them quantised; a gathered row feeds a LayerNorm or an add, never a matmul, so
+/// the rounding costs little (measured in the README).
+pub fn embedding(
+    g: &mut GraphBuilder,
+    scheme: QuantScheme,
+    name: &str,
+    dims: [usize; 2],
+    data: &[f32],
+    ids: &str,
+) -> String {
+    let [rows, cols] = dims;
+    match scheme {
+        QuantScheme::Fp32 | QuantScheme::Fp16 => {
+            let table = float_weight(g, scheme, name, &dims, data);
+            g.op("Gather", &[&table, ids], vec![("axis", crate::onnx::Attr::Int(0))])
+        }
+        QuantScheme::Q4 if cols.is_multiple_of(2 * q4::BLOCK) => q4::gather(g, name, rows, cols, data, ids),
+        QuantScheme::Int8 | QuantScheme::Q4 => int8::gather(g, name, rows, cols, data, ids),
     }
 }

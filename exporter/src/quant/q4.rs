@@ -4,10 +4,13 @@
 //! Each block stores one f32 scale and 32 codes in 0..=15 with an implicit zero point of 8 —
 //! exactly llama.cpp's Q4_0, the layout tract keeps packed in memory. The scale is chosen so the
 //! block's largest-magnitude weight maps to code 0 (value -8·scale), using the full 16 levels.
-//! Activations stay f32: this scheme saves memory and bandwidth, not arithmetic.
+//! Activations stay f32: this scheme saves memory and bandwidth, not arithmetic. Embedding tables
+//! use the same blocks, unpacked after the gather ([`gather`]).
 
 use super::Linear;
-use crate::onnx::{Attr, GraphBuilder};
+use half::f16;
+
+use crate::onnx::{Attr, ElemType, GraphBuilder};
 
 /// Weights per block (along the input dimension).
 pub const BLOCK: usize = 32;
@@ -54,4 +57,57 @@ pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
             ("block_size", Attr::Int(BLOCK as i64)),
         ],
     )
+}
+
+/// Rows `ids` of an embedding table `[rows, cols]` in 4-bit blocks of 32 along the row (same
+/// codes and scales as [`matmul`], scales stored f16); `cols` must be a multiple of `2·BLOCK`.
+///
+/// `MatMulNBits` has no gather, so the table is unpacked with plain float ops both backends run:
+/// byte `j` of a row holds code `j` (low nibble) and code `j + cols/2` (high nibble), so
+/// `hi = floor(b/16)`, `lo = b - 16·hi` and `Concat(lo, hi)` is the row in order; the blocks are
+/// then scaled through a `[-1, blocks, 32]` view and reshaped to `ids ++ [cols]`.
+pub fn gather(g: &mut GraphBuilder, name: &str, rows: usize, cols: usize, data: &[f32], ids: &str) -> String {
+    let (half_cols, blocks) = (cols / 2, cols / BLOCK);
+    let mut packed = vec![0u8; rows * half_cols];
+    let mut scales = Vec::with_capacity(rows * blocks);
+    for (r, row) in data.chunks_exact(cols).enumerate() {
+        let mut codes = vec![0u8; cols];
+        for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+            let (s, bytes) = quantise_block(block);
+            scales.push(f16::from_f32(s));
+            for (i, byte) in bytes.iter().enumerate() {
+                codes[b * BLOCK + 2 * i] = byte & 0x0f;
+                codes[b * BLOCK + 2 * i + 1] = byte >> 4;
+            }
+        }
+        for j in 0..half_cols {
+            packed[r * half_cols + j] = codes[j] | (codes[j + half_cols] << 4);
+        }
+    }
+    let table = g.init_bytes(&format!("{name}_q4"), ElemType::U8, &[rows, half_cols], packed);
+    let scale_bytes = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let scale = g.init_bytes(&format!("{name}_q4_scale"), ElemType::F16, &[rows, blocks], scale_bytes);
+    let to_f32 = vec![("to", Attr::Int(ElemType::F32.code() as i64))];
+    let b = g.op("Gather", &[&table, ids], vec![("axis", Attr::Int(0))]);
+    let b = g.op("Cast", &[&b], to_f32.clone());
+    let sixteenth = g.scalar_f32(1.0 / 16.0);
+    let hi = g.op("Mul", &[&b, &sixteenth], vec![]);
+    let hi = g.op("Floor", &[&hi], vec![]);
+    let sixteen = g.scalar_f32(16.0);
+    let hi16 = g.op("Mul", &[&hi, &sixteen], vec![]);
+    let lo = g.op("Sub", &[&b, &hi16], vec![]);
+    let codes = g.op("Concat", &[&lo, &hi], vec![("axis", Attr::Int(-1))]);
+    let eight = g.scalar_f32(8.0);
+    let centred = g.op("Sub", &[&codes, &eight], vec![]);
+    let block_view = g.const_i64(&[-1, blocks as i64, BLOCK as i64]);
+    let centred = g.op("Reshape", &[&centred, &block_view], vec![]);
+    let s = g.op("Gather", &[&scale, ids], vec![("axis", Attr::Int(0))]);
+    let s = g.op("Cast", &[&s], to_f32);
+    let scale_view = g.const_i64(&[-1, blocks as i64, 1]);
+    let s = g.op("Reshape", &[&s, &scale_view], vec![]);
+    let y = g.op("Mul", &[&centred, &s], vec![]);
+    let ids_shape = g.op("Shape", &[ids], vec![]);
+    let width = g.const_i64(&[cols as i64]);
+    let out_shape = g.op("Concat", &[&ids_shape, &width], vec![("axis", Attr::Int(0))]);
+    g.op("Reshape", &[&y, &out_shape], vec![])
 }

@@ -1,0 +1,308 @@
+//! Opening an exported bundle directory: `ferrite.json`, file hashes, the model and its tokenizer.
+//!
+//! A bundle is what `ferrite export` writes: `model.onnx` + `model.onnx.data`, the `ferrite.json`
+//! manifest (architecture, roles of inputs/outputs, context length, special token ids, sha256 of
+//! every file), the tokenizer (`tokenizer.json`, or ferrite's char `vocab.json`) and `golden.npz`.
+//! This module checks and loads those files; it does not run generation (see [`crate::generate`])
+//! and never writes to the bundle.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::Options;
+use crate::error::{Error, Result};
+use crate::model::{Dim, Model};
+use crate::session::Plan;
+#[cfg(feature = "text")]
+use crate::tokenizer::TextTokenizer;
+
+/// The manifest's file name inside a bundle.
+pub const MANIFEST_FILE: &str = "ferrite.json";
+/// The model's file name inside a bundle.
+pub const MODEL_FILE: &str = "model.onnx";
+
+/// One graph input or output as the manifest describes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IoRole {
+    /// The tensor's name in the graph.
+    pub name: String,
+    /// What a caller does with it.
+    #[serde(default)]
+    pub role: String,
+    /// Declared shape, symbolic dims by name.
+    #[serde(default)]
+    pub shape: Vec<String>,
+    /// Element type name (`f32`, `i64`).
+    #[serde(default)]
+    pub dtype: String,
+}
+
+/// One file of a bundle and its hash.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct FileEntry {
+    /// Name inside the bundle directory.
+    pub name: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the contents.
+    pub sha256: String,
+}
+
+/// What `ferrite.json` holds (the fields the runtime reads; unknown fields are ignored).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Manifest {
+    /// Manifest format version (1).
+    pub format: u32,
+    /// Source architecture: `lstm`, `gpt2` or `bert`.
+    pub architecture: String,
+    /// Weight storage scheme, as written by the exporter.
+    #[serde(default)]
+    pub quantisation: serde_json::Value,
+    /// Graph inputs and their roles.
+    #[serde(default)]
+    pub inputs: Vec<IoRole>,
+    /// Graph outputs and their roles.
+    #[serde(default)]
+    pub outputs: Vec<IoRole>,
+    /// Longest sequence the model handles, when it has a limit.
+    #[serde(default)]
+    pub context_length: Option<usize>,
+    /// Special token ids (`bos`, `eos`, `pad`, `cls`…).
+    #[serde(default)]
+    pub special_tokens: BTreeMap<String, i64>,
+    /// Every other file of the bundle with its hash.
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+}
+
+/// The architectures the runtime knows how to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Embedding → LSTM → Linear; state `h0`/`c0` in, `hN`/`cN` out.
+    Lstm,
+    /// GPT-2 with a KV cache: `past_key.L`/`past_value.L` in, `present_*` out.
+    Gpt2,
+    /// BERT encoder with a `sentence_embedding` output.
+    Bert,
+}
+
+/// How to open a bundle.
+///
+/// ```
+/// use ferrite_runtime::{BackendKind, bundle::BundleOptions};
+/// let opts = BundleOptions::default().backend(BackendKind::Tract).threads(2).verify_hashes(false);
+/// assert!(!opts.verify_hashes);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BundleOptions {
+    /// Backend, threads and ONNX Runtime settings for the model.
+    pub run: Options,
+    /// Check every file's sha256 against the manifest before loading (on by default).
+    pub verify_hashes: bool,
+}
+
+impl Default for BundleOptions {
+    fn default() -> Self {
+        BundleOptions { run: Options::default(), verify_hashes: true }
+    }
+}
+
+impl BundleOptions {
+    /// Chooses the engine.
+    pub fn backend(mut self, backend: crate::BackendKind) -> Self {
+        self.run = self.run.backend(backend);
+        self
+    }
+    /// Sets the compute threads.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.run = self.run.threads(threads);
+        self
+    }
+    /// Replaces all backend options.
+    pub fn run_options(mut self, run: Options) -> Self {
+        self.run = run;
+        self
+    }
+    /// Turns the sha256 check on (default) or off.
+    pub fn verify_hashes(mut self, on: bool) -> Self {
+        self.verify_hashes = on;
+        self
+    }
+}
+
+/// An opened bundle: manifest, prepared model and (feature `text`) tokenizer.
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    architecture: Architecture,
+    plan: Plan,
+    vocab_size: Option<usize>,
+    #[cfg(feature = "text")]
+    tokenizer: Option<TextTokenizer>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("dir", &self.dir)
+            .field("architecture", &self.architecture)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bundle {
+    /// Opens the bundle in `dir` with default options (tract, 1 thread, hashes verified).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        Bundle::open_with(dir, &BundleOptions::default())
+    }
+
+    /// Opens the bundle in `dir`: reads `ferrite.json`, verifies hashes (unless turned off),
+    /// prepares the model and loads the tokenizer.
+    pub fn open_with(dir: impl AsRef<Path>, options: &BundleOptions) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = read_manifest(&dir)?;
+        let architecture = match manifest.architecture.as_str() {
+            "lstm" => Architecture::Lstm,
+            "gpt2" => Architecture::Gpt2,
+            "bert" => Architecture::Bert,
+            other => {
+                return Err(Error::InvalidBundle {
+                    path: dir.join(MANIFEST_FILE),
+                    reason: format!("unknown architecture `{other}` (expected lstm, gpt2 or bert)"),
+                });
+            }
+        };
+        if options.verify_hashes {
+            for entry in &manifest.files {
+                verify_file(&dir, entry)?;
+            }
+        }
+        let model = Model::open(dir.join(MODEL_FILE))?;
+        let vocab_size = fixed_last_dim(&model, "logits");
+        let plan = model.prepare(&options.run)?;
+        #[cfg(feature = "text")]
+        let tokenizer = TextTokenizer::load_from_bundle(&dir)?;
+        Ok(Bundle {
+            dir,
+            manifest,
+            architecture,
+            plan,
+            vocab_size,
+            #[cfg(feature = "text")]
+            tokenizer,
+        })
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parsed `ferrite.json`.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The model's architecture.
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
+    }
+
+    /// The prepared model; make sessions from it.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Longest sequence the model handles (`None`: no limit, e.g. an LSTM).
+    pub fn context_length(&self) -> Option<usize> {
+        self.manifest.context_length
+    }
+
+    /// A special token id by the manifest's name (`eos`, `bos`, `pad`, `cls`, `sep`…).
+    pub fn special_token(&self, name: &str) -> Option<i64> {
+        self.manifest.special_tokens.get(name).copied()
+    }
+
+    /// Number of token ids the model accepts: the logits' fixed last dimension, else the
+    /// tokenizer's vocabulary size.
+    pub fn vocab_size(&self) -> Option<usize> {
+        #[cfg(feature = "text")]
+        if self.vocab_size.is_none() {
+            return self.tokenizer.as_ref().map(TextTokenizer::vocab_size);
+        }
+        self.vocab_size
+    }
+
+    /// The bundle's tokenizer, when it ships one.
+    #[cfg(feature = "text")]
+    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The bundle's tokenizer, or a [`Error::Tokenizer`] saying it has none.
+    #[cfg(feature = "text")]
+    pub fn require_tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{} has neither tokenizer.json nor vocab.json: pass token ids instead",
+                self.dir.display()
+            ))
+        })
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::InvalidBundle { path: path.clone(), reason: e.to_string() })?;
+    if manifest.format != 1 {
+        return Err(Error::InvalidBundle {
+            path,
+            reason: format!("manifest format {} (this runtime reads format 1)", manifest.format),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Hashes `dir/entry.name` and compares it with the manifest.
+fn verify_file(dir: &Path, entry: &FileEntry) -> Result<()> {
+    let name = Path::new(&entry.name);
+    // The manifest must not point outside the bundle.
+    if name.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(Error::InvalidBundle {
+            path: dir.join(MANIFEST_FILE),
+            reason: format!("file `{}` is not a plain name inside the bundle", entry.name),
+        });
+    }
+    let path = dir.join(name);
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(&path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if !actual.eq_ignore_ascii_case(&entry.sha256) {
+        return Err(Error::HashMismatch { path, expected: entry.sha256.clone(), actual });
+    }
+    Ok(())
+}
+
+/// The fixed last dimension of output `name`, when the file declares one.
+fn fixed_last_dim(model: &Model, name: &str) -> Option<usize> {
+    let out = model.info().outputs.iter().find(|o| o.name == name)?;
+    match out.shape.as_ref()?.last()? {
+        Dim::Fixed(n) => Some(*n),
+        _ => None,
+    }
+}

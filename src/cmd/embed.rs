@@ -1,0 +1,42 @@
+//! `ferrite embed BUNDLE --text T [--text T2 ...] [--json]`: sentence embeddings of a BERT bundle.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ferrite_runtime::{Bundle, BundleOptions, Embedder};
+
+use super::RunFlags;
+
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// The bundle directory (a BERT / sentence-transformers export).
+    pub bundle: PathBuf,
+    /// A text to embed; repeat for a batch.
+    #[arg(long = "text", required = true)]
+    pub texts: Vec<String>,
+    /// Print `{"embeddings": [[...], ...]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the sha256 check of the bundle's files.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    let opts = BundleOptions::default().run_options(args.run.options()).verify_hashes(!args.no_verify);
+    let bundle = Bundle::open_with(&args.bundle, &opts)?;
+    let mut embedder = Embedder::new(&bundle)?;
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let embeddings = embedder.embed(&texts)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "embeddings": embeddings }));
+    } else {
+        for (text, e) in texts.iter().zip(&embeddings) {
+            let head: Vec<String> = e.iter().take(6).map(|x| format!("{x:.6}")).collect();
+            println!("{text:?}: dim {} [{}, …]", e.len(), head.join(", "));
+        }
+    }
+    Ok(())
+}
