@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ferrite_runtime::{Bundle, BundleOptions, Embedder};
+use ferrite_runtime::Embedder;
 
-use super::RunFlags;
+use super::BundleFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
@@ -17,16 +17,12 @@ pub struct EmbedArgs {
     /// Print `{"embeddings": [[...], ...]}`.
     #[arg(long)]
     pub json: bool,
-    /// Skip the sha256 check of the bundle's files.
-    #[arg(long)]
-    pub no_verify: bool,
     #[command(flatten)]
-    pub run: RunFlags,
+    pub flags: BundleFlags,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let opts = BundleOptions::default().run_options(args.run.options()).verify_hashes(!args.no_verify);
-    let bundle = Bundle::open_with(&args.bundle, &opts)?;
+    let bundle = args.flags.open(&args.bundle)?;
     let mut embedder = Embedder::new(&bundle)?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
     let embeddings = embedder.embed(&texts)?;

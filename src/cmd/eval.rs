@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferrite_runtime::{Bundle, BundleOptions, evaluate};
+use ferrite_runtime::evaluate;
 
-use super::RunFlags;
+use super::BundleFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -17,18 +17,14 @@ pub struct EvalArgs {
     /// Print `{"tokens", "cross_entropy", "perplexity"}`.
     #[arg(long)]
     pub json: bool,
-    /// Skip the sha256 check of the bundle's files.
-    #[arg(long)]
-    pub no_verify: bool,
     #[command(flatten)]
-    pub run: RunFlags,
+    pub flags: BundleFlags,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
-    let opts = BundleOptions::default().run_options(args.run.options()).verify_hashes(!args.no_verify);
-    let bundle = Bundle::open_with(&args.bundle, &opts)?;
+    let bundle = args.flags.open(&args.bundle)?;
     let e = evaluate(&bundle, &text)?;
     if args.json {
         println!(

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use ferrite_runtime::generate::{GenerateOptions, Generator};
 use ferrite_runtime::sample::SamplingParams;
-use ferrite_runtime::{Bundle, BundleOptions, stream};
+use ferrite_runtime::stream;
 
-use super::RunFlags;
+use super::BundleFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -47,16 +47,12 @@ pub struct GenerateArgs {
     /// Write the f32 logits of the last prompt position as a 1-D .npy file.
     #[arg(long, value_name = "FILE.npy")]
     pub dump_logits: Option<PathBuf>,
-    /// Skip the sha256 check of the bundle's files.
-    #[arg(long)]
-    pub no_verify: bool,
     #[command(flatten)]
-    pub run: RunFlags,
+    pub flags: BundleFlags,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let opts = BundleOptions::default().run_options(args.run.options()).verify_hashes(!args.no_verify);
-    let bundle = Bundle::open_with(&args.bundle, &opts)?;
+    let bundle = args.flags.open(&args.bundle)?;
     let tok = bundle.tokenizer();
     let prompt: Vec<u32> = match (&args.ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),

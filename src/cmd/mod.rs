@@ -31,3 +31,23 @@ impl RunFlags {
         o
     }
 }
+
+/// Flags of every subcommand that opens a bundle: the run flags plus the hash-check opt-out.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BundleFlags {
+    /// Skip the sha256 check of the bundle's files.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+impl BundleFlags {
+    /// Opens the bundle at `dir` with these flags.
+    pub fn open(&self, dir: &std::path::Path) -> ferrite_runtime::Result<ferrite_runtime::Bundle> {
+        let options = ferrite_runtime::BundleOptions::default()
+            .run_options(self.run.options())
+            .verify_hashes(!self.no_verify);
+        ferrite_runtime::Bundle::open_with(dir, &options)
+    }
+}
