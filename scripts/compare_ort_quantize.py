@@ -28,15 +28,10 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import quantize_dynamic
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "ferrite runs small language models on a Raspberry Pi.",
-    "Quantisation trades a little accuracy for a lot of speed.",
-    "A",
-    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
-    "1234 5678 numbers, punctuation!? and UPPER case",
-    "Le chat est assis sur le tapis.",
-    "int8 matmuls",
+# The exporter's committed MiniLM golden sentences (written by scripts/make_goldens.py), then
+# harder ones: very short, non-English, code, emoji, long.
+GOLDEN_SENTENCES = Path(__file__).resolve().parent.parent / "exporter/tests/golden/minilm/sentences.json"
+SENTENCES = json.loads(GOLDEN_SENTENCES.read_text(encoding="utf-8")) + [
     "What is the capital of France?",
     "Paris is the capital and most populous city of France.",
     "I absolutely loved this movie, the acting was superb!",
