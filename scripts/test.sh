@@ -30,5 +30,17 @@ cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 step "cargo test"
 cargo test --workspace --features "$features"
 
+step "C API" && bash scripts/test-c.sh
+
+# Not yet in CI: scripts/test-aarch64.sh (cross-built runtime tests + parity + C examples under
+# qemu) has not completed a run yet (issue 7); run it by hand: bash scripts/test-aarch64.sh
+
+# The fuzz smoke needs cargo-fuzz and a release fuzz build (tens of minutes cold on 2 cores), so
+# it is opt-in until CI caches fuzz/target: FERRITE_FUZZ_SMOKE=1 bash scripts/test.sh (issue 9).
+step "reliability (SAFETY comments; corpus/kill/concurrency ran in cargo test)" && python3 scripts/check_safety_comments.py
+if [ "${FERRITE_FUZZ_SMOKE:-0}" = 1 ]; then
+  step "fuzz smoke" && bash scripts/test-reliability.sh
+fi
+
 step "done"
 echo "scripts/test.sh finished in $(( $(date +%s) - started ))s"

@@ -27,7 +27,9 @@ enum Command {
     Embed(cmd::embed::EmbedArgs),
     /// Cross-entropy and perplexity of a bundle on a text file.
     Eval(cmd::eval::EvalArgs),
-    /// Convert trained weights (ferrite LSTM, Hugging Face GPT-2 / BERT) into an ONNX bundle.
+    /// Measure load time, time to first token, prefill/decode tokens/s or sentences/s, peak RSS.
+    Bench(cmd::bench::BenchArgs),
+    /// Convert trained weights (ferrite/PyTorch LSTM, Hugging Face GPT-2 / BERT, Keras `.keras`) into an ONNX bundle.
     #[cfg(feature = "export")]
     Export(ferrite_exporter::cli::ExportArgs),
     /// Train an LSTM or GPT-2-style language model on a text corpus (CPU).
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Embed(args) => cmd::embed::run(args),
         Command::Eval(args) => cmd::eval::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         #[cfg(feature = "export")]
         Command::Export(args) => ferrite_exporter::cli::run(args),
         #[cfg(feature = "train")]

@@ -124,7 +124,8 @@ fn write_graph(arch: &dyn Architecture, scheme: QuantScheme, dir: &Path) -> Resu
     onnx::write_model(dir, graph, &format!("ferrite_{}", scheme.name()), &meta)
 }
 
-/// Exports the checkpoint in `src` as a bundle in `out`. Returns the manifest written.
+/// Exports the checkpoint in `src` (a directory, or a `.keras` file) as a bundle in `out`.
+/// Returns the manifest written.
 pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> {
     if out.exists() && !opts.force {
         return Err(ExportError::OutputExists { path: out.into() });
@@ -166,13 +167,10 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     check_stage(opts, "golden")?;
 
     let mut names = vec![MODEL_FILE.to_string(), DATA_FILE.to_string(), GOLDEN_FILE.to_string()];
-    for name in TOKENIZER_FILES {
-        let from = src.join(name);
-        if from.is_file() {
-            let to = tmp.path().join(name);
-            std::fs::copy(&from, &to).map_err(|e| ExportError::io(&from, e))?;
-            names.push(name.to_string());
-        }
+    for (from, name) in tokenizer_files(src) {
+        let to = tmp.path().join(name);
+        std::fs::copy(&from, &to).map_err(|e| ExportError::io(&from, e))?;
+        names.push(name.to_string());
     }
     let files = names.iter().map(|n| file_entry(tmp.path(), n)).collect::<Result<Vec<_>>>()?;
     let manifest = Manifest {
@@ -195,6 +193,15 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
 
     publish(tmp, out, opts)?;
     Ok(manifest)
+}
+
+/// The tokenizer files to copy: those present in a checkpoint directory, or for a single-file
+/// source (a `.keras` archive, which holds no tokenizer) the `vocab.json` beside it.
+fn tokenizer_files(src: &Path) -> Vec<(PathBuf, &'static str)> {
+    if src.is_file() {
+        return arch::keras::vocab_path(src).map(|p| (p, arch::keras::VOCAB_FILE)).into_iter().collect();
+    }
+    TOKENIZER_FILES.iter().map(|name| (src.join(name), *name)).filter(|(p, _)| p.is_file()).collect()
 }
 
 /// Renames the finished temporary directory to `out`, moving an existing `out` aside first.

@@ -13,7 +13,8 @@ use crate::quant::QuantScheme;
 /// Arguments of `ferrite export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// Checkpoint directory (ferrite LSTM, Hugging Face GPT-2 or BERT / sentence-transformers).
+    /// Checkpoint directory (ferrite LSTM, Hugging Face GPT-2 or BERT / sentence-transformers) or
+    /// Keras 3 `.keras` archive (Sequential[Embedding, LSTM…, Dense]; `vocab.json` beside it is copied).
     pub src: PathBuf,
     /// Output bundle directory.
     #[arg(short = 'o', long = "out")]
@@ -27,7 +28,7 @@ pub struct ExportArgs {
     /// Print the manifest (with the accuracy report) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Architecture, instead of detecting it from config.json.
+    /// Source architecture, instead of detecting it from config.json (or a `.keras` file's contents).
     #[arg(long, value_enum)]
     pub arch: Option<ArchKind>,
 }

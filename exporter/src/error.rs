@@ -44,6 +44,16 @@ pub enum ExportError {
         message: String,
     },
 
+    /// A Keras `.keras` archive is not a readable zip, lacks an entry, or its HDF5 weights file
+    /// cannot be parsed.
+    #[error("{}: not a readable Keras archive ({message})", path.display())]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong with it (the entry or tensor and the reader's message).
+        message: String,
+    },
+
     /// A tensor the architecture needs is absent from the checkpoint.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor {

@@ -1,6 +1,7 @@
 //! ferrite's exporter: reads a trained checkpoint (ferrite's LSTM, Hugging Face GPT-2 or BERT /
-//! sentence-transformers) and writes an ONNX bundle that both ferrite backends (tract and ONNX
-//! Runtime) run — fp32, fp16, int8 or 4-bit — with a manifest, goldens and an accuracy report.
+//! sentence-transformers, or a Keras 3 `.keras` LSTM next-word model) and writes an ONNX bundle
+//! that both ferrite backends (tract and ONNX Runtime) run — fp32, fp16, int8 or 4-bit — with a
+//! manifest, goldens and an accuracy report.
 //!
 //! It needs no Python and no PyTorch. It does not train (see `ferrite-trainer`) and does not
 //! serve (see `ferrite-runtime`, which it uses only to check what it wrote).

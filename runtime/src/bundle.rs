@@ -128,6 +128,12 @@ impl BundleOptions {
         self.run = run;
         self
     }
+    /// Refuses bundles whose estimated memory (weights, the backend's copy of them, inputs and
+    /// outputs at the full context length) exceeds `bytes`: `ResourceLimit` before loading.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.run = self.run.memory_budget(bytes);
+        self
+    }
     /// Turns the sha256 check on (default) or off.
     pub fn verify_hashes(mut self, on: bool) -> Self {
         self.verify_hashes = on;
@@ -182,11 +188,17 @@ impl Bundle {
                 verify_file(&dir, entry)?;
             }
         }
-        let model = Model::open(dir.join(MODEL_FILE))?;
+        let model = Model::open(confined(&dir, MODEL_FILE)?)?;
         let vocab_size = fixed_last_dim(&model, "logits");
-        let plan = model.prepare(&options.run)?;
+        // The budget counts inputs/outputs (GPT-2's KV cache) at the full context length.
+        let positions = manifest.context_length.unwrap_or(1);
+        let plan = model.prepare_for_positions(&options.run, positions)?;
         #[cfg(feature = "text")]
-        let tokenizer = TextTokenizer::load_from_bundle(&dir)?;
+        let tokenizer = {
+            confined(&dir, "tokenizer.json")?;
+            confined(&dir, "vocab.json")?;
+            TextTokenizer::load_from_bundle(&dir)?
+        };
         Ok(Bundle {
             dir,
             manifest,
@@ -280,7 +292,7 @@ fn verify_file(dir: &Path, entry: &FileEntry) -> Result<()> {
             reason: format!("file `{}` is not a plain name inside the bundle", entry.name),
         });
     }
-    let path = dir.join(name);
+    let path = confined(dir, &entry.name)?;
     let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -296,6 +308,22 @@ fn verify_file(dir: &Path, entry: &FileEntry) -> Result<()> {
         return Err(Error::HashMismatch { path, expected: entry.sha256.clone(), actual });
     }
     Ok(())
+}
+
+/// `dir/name`, refused when it is a symlink that leads outside the bundle: a bundle only ever
+/// reads its own files. A missing file passes (the read that follows reports it).
+fn confined(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let (Ok(real), Ok(real_dir)) = (path.canonicalize(), dir.canonicalize()) else {
+        return Ok(path);
+    };
+    if !real.starts_with(&real_dir) {
+        return Err(Error::InvalidBundle {
+            path,
+            reason: format!("`{name}` leads outside the bundle (to {})", real.display()),
+        });
+    }
+    Ok(path)
 }
 
 /// The fixed last dimension of output `name`, when the file declares one.

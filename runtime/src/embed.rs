@@ -5,27 +5,31 @@
 //! as sentence-transformers does; [`Embedder::with_max_length`] sets a shorter limit. It does
 //! not cache, reorder or split batches.
 
+use std::ops::Deref;
+
 use crate::bundle::{Architecture, Bundle};
 use crate::error::{Error, Result};
 use crate::session::Session;
 use crate::tensor::Tensor;
 
 /// Turns texts into embeddings with a BERT bundle.
-pub struct Embedder<'b> {
-    bundle: &'b Bundle,
+///
+/// `B` holds the bundle: `&Bundle` (borrowed) or `Arc<Bundle>` (shared ownership, as the C API's handles).
+pub struct Embedder<B: Deref<Target = Bundle>> {
+    bundle: B,
     session: Session,
     max_length: usize,
 }
 
-impl std::fmt::Debug for Embedder<'_> {
+impl<B: Deref<Target = Bundle>> std::fmt::Debug for Embedder<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder").field("max_length", &self.max_length).finish_non_exhaustive()
     }
 }
 
-impl<'b> Embedder<'b> {
+impl<B: Deref<Target = Bundle>> Embedder<B> {
     /// An embedder for `bundle` (a BERT bundle with a tokenizer).
-    pub fn new(bundle: &'b Bundle) -> Result<Embedder<'b>> {
+    pub fn new(bundle: B) -> Result<Embedder<B>> {
         if bundle.architecture() != Architecture::Bert {
             return Err(Error::InvalidGeneration(format!(
                 "embeddings need a BERT bundle, {} is {:?}",
@@ -35,7 +39,8 @@ impl<'b> Embedder<'b> {
         }
         bundle.require_tokenizer()?;
         let max_length = bundle.context_length().unwrap_or(512);
-        Ok(Embedder { bundle, session: bundle.plan().session()?, max_length })
+        let session = bundle.plan().session()?;
+        Ok(Embedder { bundle, session, max_length })
     }
 
     /// Truncates inputs to `n` tokens (at most the model's context length; at least 2).
@@ -52,6 +57,12 @@ impl<'b> Embedder<'b> {
     /// Token ids of `text` as the model sees them: special tokens added, truncated.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.bundle.require_tokenizer()?.encode(text, true)?;
+        // A tokenizer.json may name special ids outside its own vocabulary (found by the corpus).
+        if let Some(vocab) = self.bundle.vocab_size()
+            && let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::UnknownToken { id: i64::from(id), vocab });
+        }
         if ids.len() > self.max_length {
             let last = ids[ids.len() - 1];
             ids.truncate(self.max_length - 1);
@@ -69,6 +80,11 @@ impl<'b> Embedder<'b> {
         let b = rows.len();
         let s = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let pad = self.bundle.special_token("pad").unwrap_or(0);
+        if let Some(vocab) = self.bundle.vocab_size()
+            && usize::try_from(pad).ok().is_none_or(|p| p >= vocab)
+        {
+            return Err(Error::UnknownToken { id: pad, vocab });
+        }
         let mut ids = vec![pad; b * s];
         let mut mask = vec![0i64; b * s];
         for (r, row) in rows.iter().enumerate() {

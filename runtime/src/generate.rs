@@ -7,6 +7,7 @@
 //! returned). Positions are never wrapped or shifted. This module does not tokenize: see
 //! [`Generator::generate_text`] (feature `text`) for text in, text out.
 
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use crate::bundle::{Architecture, Bundle};
@@ -19,6 +20,10 @@ use crate::tensor::Tensor;
 
 /// Most stop token ids a generation accepts.
 pub const MAX_STOP_IDS: usize = 8;
+/// Most token ids reserved up front for a generation's history (it grows past this if needed).
+const MAX_RESERVED_TOKENS: usize = 1 << 16;
+/// Most elements of one initial state tensor (LSTM h/c, an empty KV cache): 1 GiB of f32.
+pub const MAX_STATE_ELEMENTS: usize = 1 << 28;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -55,6 +60,8 @@ pub enum StopReason {
     StopString,
     /// The model's context is full.
     ContextFull,
+    /// The text callback asked to stop ([`Generator::generate_streaming`]).
+    Cancelled,
 }
 
 /// The result of one generation.
@@ -84,8 +91,11 @@ impl Generation {
 }
 
 /// One sequence's stateful run of a causal LM bundle (LSTM or GPT-2).
-pub struct Generator<'b> {
-    bundle: &'b Bundle,
+///
+/// `B` is how the generator holds its bundle: a borrow (`&Bundle`, what `Generator::new(&bundle)`
+/// gives) or shared ownership (`Arc<Bundle>`, for handles that outlive a stack frame, as the C API's).
+pub struct Generator<B: Deref<Target = Bundle>> {
+    bundle: B,
     session: Session,
     /// (input name, output name, current value) for every state input.
     state: Vec<(String, String, Tensor)>,
@@ -94,15 +104,15 @@ pub struct Generator<'b> {
     logits: Vec<f32>,
 }
 
-impl std::fmt::Debug for Generator<'_> {
+impl<B: Deref<Target = Bundle>> std::fmt::Debug for Generator<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generator").field("position", &self.position).finish_non_exhaustive()
     }
 }
 
-impl<'b> Generator<'b> {
+impl<B: Deref<Target = Bundle>> Generator<B> {
     /// A generator with empty state. The bundle must be an LSTM or GPT-2 language model.
-    pub fn new(bundle: &'b Bundle) -> Result<Generator<'b>> {
+    pub fn new(bundle: B) -> Result<Generator<B>> {
         if bundle.architecture() == Architecture::Bert {
             return Err(Error::InvalidGeneration("a BERT bundle embeds text; it does not generate".into()));
         }
@@ -110,6 +120,11 @@ impl<'b> Generator<'b> {
             path: bundle.dir().to_path_buf(),
             reason: "the logits output has no fixed vocabulary size".into(),
         })?;
+        if vocab > MAX_STATE_ELEMENTS {
+            return Err(Error::ResourceLimit(format!(
+                "a vocabulary of {vocab} tokens (the logits' last dim)"
+            )));
+        }
         let session = bundle.plan().session()?;
         let mut g =
             Generator { bundle, session, state: Vec::new(), position: 0, vocab, logits: vec![0.0; vocab] };
@@ -141,7 +156,14 @@ impl<'b> Generator<'b> {
                     _ => 0,
                 })
                 .collect();
-            let n = shape.iter().product();
+            // The dims come from the file: check their product before allocating the zeros.
+            let n = crate::tensor::element_count(&shape)?;
+            if n > MAX_STATE_ELEMENTS {
+                return Err(Error::ResourceLimit(format!(
+                    "state input `{}` of shape {shape:?} has more than {MAX_STATE_ELEMENTS} elements",
+                    input.name
+                )));
+            }
             state.push((input.name.clone(), out, Tensor::new(shape, vec![0f32; n])?));
         }
         self.state = state;
@@ -215,6 +237,11 @@ impl<'b> Generator<'b> {
         Ok(outputs.swap_remove(i).1)
     }
 
+    /// The bundle this generator runs.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
     /// Generates after `prompt` (ids), from a fresh state. `token_bytes` maps an id to its text
     /// bytes for `on_text` (pass `|_| None` to stream nothing); `on_text` never sees a split
     /// UTF-8 character nor a stop string.
@@ -224,6 +251,22 @@ impl<'b> Generator<'b> {
         opts: &GenerateOptions,
         token_bytes: &dyn Fn(u32) -> Option<&'t [u8]>,
         on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        self.generate_streaming(prompt, opts, token_bytes, &mut |s| {
+            on_text(s);
+            true
+        })
+    }
+
+    /// Like [`Generator::generate`], but `on_text` returns whether to go on: `false` ends the
+    /// generation after the current token with [`StopReason::Cancelled`] (no text is emitted
+    /// after that).
+    pub fn generate_streaming<'t>(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        token_bytes: &dyn Fn(u32) -> Option<&'t [u8]>,
+        on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(Error::InvalidGeneration("the prompt is empty".into()));
@@ -240,12 +283,20 @@ impl<'b> Generator<'b> {
         }
         self.reset()?;
         let start = Instant::now();
-        let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + opts.max_tokens);
+        // `max_tokens` is a limit, not a size: reserve no more than a generation can plausibly use.
+        let reserve = opts.max_tokens.min(MAX_RESERVED_TOKENS);
+        let mut history: Vec<u32> = Vec::with_capacity(prompt.len().saturating_add(reserve));
         history.extend_from_slice(prompt);
         self.feed_last(prompt)?;
         let prompt_logits = self.logits.clone();
         let mut stream = TextStream::new(opts.stop_strings.clone());
-        let mut ids = Vec::with_capacity(opts.max_tokens);
+        let cancelled = std::cell::Cell::new(false);
+        let mut emit = |s: &str| {
+            if !cancelled.get() && !on_text(s) {
+                cancelled.set(true);
+            }
+        };
+        let mut ids = Vec::with_capacity(reserve);
         let mut time_to_first_token = Duration::ZERO;
         let ctx = match self.bundle.architecture() {
             Architecture::Gpt2 => self.bundle.context_length(),
@@ -261,8 +312,11 @@ impl<'b> Generator<'b> {
             if opts.stop_ids.contains(&id) {
                 break StopReason::StopToken;
             }
-            if stream.push(token_bytes(id).unwrap_or_default(), on_text) {
+            if stream.push(token_bytes(id).unwrap_or_default(), &mut emit) {
                 break StopReason::StopString;
+            }
+            if cancelled.get() {
+                break StopReason::Cancelled;
             }
             if ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
@@ -272,7 +326,9 @@ impl<'b> Generator<'b> {
             }
             self.feed_last(&[id])?;
         };
-        stream.finish(on_text);
+        if !cancelled.get() {
+            stream.finish(&mut emit);
+        }
         Ok(Generation {
             ids,
             prompt_tokens: prompt.len(),
@@ -291,8 +347,13 @@ impl<'b> Generator<'b> {
         prompt: &str,
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        let tok = self.bundle.require_tokenizer()?;
+    ) -> Result<Generation>
+    where
+        B: Clone,
+    {
+        // A second holder of the bundle, so the tokenizer's borrow does not hold `self`.
+        let bundle = self.bundle.clone();
+        let tok = bundle.require_tokenizer()?;
         let ids = tok.encode(prompt, false)?;
         self.generate(&ids, opts, &|id| tok.token_bytes(id), on_text)
     }

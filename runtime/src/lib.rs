@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod budget;
 pub mod bundle;
 #[cfg(feature = "text")]
 pub mod embed;
@@ -36,12 +37,13 @@ pub mod tensor;
 pub mod tokenizer;
 
 pub use backend::{BackendKind, Options};
+pub use budget::MemoryEstimate;
 pub use bundle::{Architecture, Bundle, BundleOptions};
 #[cfg(feature = "text")]
 pub use embed::Embedder;
 pub use error::{Error, Result};
 #[cfg(feature = "text")]
-pub use eval::{Evaluation, evaluate};
+pub use eval::{Agreement, Evaluation, compare, evaluate};
 pub use generate::{GenerateOptions, Generation, Generator, StopReason};
 pub use model::{Dim, IoInfo, Model, ModelInfo};
 pub use sample::{Sampler, SamplingParams};

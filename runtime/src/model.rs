@@ -18,6 +18,13 @@ use crate::tensor::DType;
 /// Largest model protobuf accepted: protobuf itself cannot address more than 2 GiB.
 pub const MAX_PROTO_BYTES: u64 = 2 << 30;
 
+/// Largest fixed dimension a graph input or output may declare. Found by the bad-input corpus:
+/// tract's shape arithmetic overflows (and panics) on dims near `i64::MAX`, and materialises
+/// tensors of a declared size; no real model needs a single dim past 2^31.
+pub const MAX_DECLARED_DIM: usize = i32::MAX as usize;
+/// Highest rank a graph input or output may declare (tract overflows a shift at rank 64).
+pub const MAX_DECLARED_RANK: usize = 16;
+
 /// One dimension of a declared shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dim {
@@ -256,6 +263,13 @@ fn io_info(vi: &pb::ValueInfoProto) -> Result<IoInfo> {
     let shape = match tensor.and_then(|t| t.shape.as_ref()) {
         None => None,
         Some(s) => {
+            if s.dim.len() > MAX_DECLARED_RANK {
+                return Err(Error::ResourceLimit(format!(
+                    "`{}` declares rank {} (at most {MAX_DECLARED_RANK})",
+                    vi.name,
+                    s.dim.len()
+                )));
+            }
             let mut dims = Vec::with_capacity(s.dim.len());
             for d in &s.dim {
                 dims.push(match &d.value {
@@ -263,6 +277,12 @@ fn io_info(vi: &pb::ValueInfoProto) -> Result<IoInfo> {
                         let v = usize::try_from(*v).map_err(|_| {
                             Error::InvalidModel(format!("`{}` declares a negative dimension {v}", vi.name))
                         })?;
+                        if v > MAX_DECLARED_DIM {
+                            return Err(Error::ResourceLimit(format!(
+                                "`{}` declares a dimension {v} (at most {MAX_DECLARED_DIM})",
+                                vi.name
+                            )));
+                        }
                         Dim::Fixed(v)
                     }
                     Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
@@ -311,6 +331,25 @@ fn describe(proto: &pb::ModelProto, dir: &Path) -> Result<ModelInfo> {
     }
     if info.outputs.is_empty() {
         return Err(Error::InvalidModel("the graph declares no outputs".into()));
+    }
+    // Every output and every node input of the main graph must be produced by something: tract
+    // panics on a name nothing defines (found by the bad-input corpus). Subgraphs may read
+    // names of the enclosing graph, so only the main graph is checked this way.
+    let mut defined: BTreeSet<&str> = initializer_names.clone();
+    defined.extend(graph.input.iter().map(|vi| vi.name.as_str()));
+    defined.extend(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+    for name in graph.output.iter().map(|vi| vi.name.as_str()) {
+        if !defined.contains(name) {
+            return Err(Error::InvalidModel(format!("graph output `{name}` is computed by no node")));
+        }
+    }
+    for node in &graph.node {
+        if let Some(name) = node.input.iter().find(|i| !i.is_empty() && !defined.contains(i.as_str())) {
+            return Err(Error::InvalidModel(format!(
+                "node `{}` reads `{name}`, which nothing defines",
+                node.name
+            )));
+        }
     }
     let mut external = BTreeSet::new();
     walk_graph(graph, dir, &mut info, &mut external, 0)?;
@@ -370,6 +409,13 @@ fn check_initializer(t: &pb::TensorProto, dir: &Path, external: &mut BTreeSet<St
         })?;
     }
     let (dtype, bits) = onnx_dtype(t.data_type);
+    if dtype == "string" && !t.raw_data.is_empty() {
+        // ONNX keeps strings in `string_data`; tract does not implement raw strings and panics.
+        return Err(Error::InvalidModel(format!(
+            "initializer `{}`: string data stored as raw bytes",
+            t.name
+        )));
+    }
     if dtype == "?" {
         return Err(Error::InvalidModel(format!(
             "initializer `{}` has unknown data type {}",
@@ -472,6 +518,10 @@ fn resolve_inside(dir: &Path, location: &str) -> std::result::Result<PathBuf, &'
     let canonical_dir = dir.canonicalize().map_err(|_| "has no readable model directory")?;
     if !canonical.starts_with(&canonical_dir) {
         return Err("is a link that leaves the model directory");
+    }
+    // A directory, FIFO or device has no meaningful size and could block or never end a read.
+    if !canonical.is_file() {
+        return Err("is not a regular file");
     }
     Ok(canonical)
 }

@@ -66,13 +66,52 @@ fn read_array<R: Read>(path: &Path, npy: NpyFile<R>, available: u64) -> Result<T
     Tensor::from_data(shape, data)
 }
 
+/// Refuses a header whose declared length is past the end of the file: npyz allocates the
+/// header's length before reading it (a version 2 header may claim 4 GiB in four bytes).
+fn check_header_length(path: &Path, file: &File, size: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut prefix = [0u8; 12];
+    let mut reader = file;
+    let n = reader.read(&mut prefix).map_err(|e| Error::io(path, e))?;
+    if n < 10 || &prefix[..6] != b"\x93NUMPY" {
+        return Ok(()); // npyz reports a bad magic number itself
+    }
+    let (start, len) = match prefix[6] {
+        1 => (10u64, u64::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+        _ if n == 12 => (12, u64::from(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]))),
+        _ => return Err(bad(path, "truncated .npy header")),
+    };
+    if start + len > size {
+        return Err(bad(path, format!("header of {len} bytes declared, the file holds {size}")));
+    }
+    // npyz's header parser takes exponential time on nested brackets (found by the bad-input
+    // corpus: 64 bytes of `{` hang it): a real header is one dict with one shape tuple.
+    let mut header = vec![0u8; len.min(1 << 16) as usize];
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let count = |c: u8| header.iter().filter(|&&b| b == c).count();
+    if count(b'{') != 1 || count(b'}') != 1 || count(b'(') > 1 || count(b'[') > 1 {
+        return Err(bad(path, "not a .npy header (one dict with one shape tuple expected)"));
+    }
+    Ok(())
+}
+
 /// Reads one `.npy` file.
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let npy = NpyFile::new(BufReader::new(file)).map_err(|e| bad(path, format!("not a .npy file ({e})")))?;
-    read_array(path, npy, size)
+    check_header_length(path, &file, size)?;
+    // npyz multiplies a header's dims unchecked (found by the bad-input corpus): its panics are
+    // a malformed file.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let npy =
+            NpyFile::new(BufReader::new(file)).map_err(|e| bad(path, format!("not a .npy file ({e})")))?;
+        read_array(path, npy, size)
+    }))
+    .unwrap_or_else(|_| Err(bad(path, "malformed .npy header")))
 }
 
 /// Reads every array of a `.npz` file, in archive order.

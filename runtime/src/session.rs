@@ -37,7 +37,14 @@ impl std::fmt::Debug for Plan {
 
 impl Model {
     /// Prepares the model on the backend `options` choose. Done once; sessions reuse it.
+    /// With a memory budget, a model estimated over it fails with `ResourceLimit` first.
     pub fn prepare(&self, options: &Options) -> Result<Plan> {
+        self.prepare_for_positions(options, 1)
+    }
+
+    /// Like [`Model::prepare`], with the memory estimate's sequence dims at `positions`.
+    pub(crate) fn prepare_for_positions(&self, options: &Options, positions: usize) -> Result<Plan> {
+        crate::budget::check(self.info(), options, positions)?;
         let prepared = backend::prepare(self, options)?;
         Ok(Plan {
             backend: options.backend,

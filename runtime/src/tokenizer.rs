@@ -46,8 +46,11 @@ impl TextTokenizer {
     /// dropped: callers ([`crate::embed::Embedder`]) pad and truncate explicitly.
     pub fn from_tokenizer_json(path: &Path) -> Result<TextTokenizer> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut tok = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        // `tokenizers` panics on some malformed files (found by the bad-input corpus: a truncated
+        // file ending inside a helper value); a panic here is a bad file, not a bug of the caller.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| Error::Tokenizer(format!("{}: malformed tokenizer.json", path.display())))?;
+        let mut tok = parsed.map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
@@ -79,6 +82,15 @@ impl TextTokenizer {
         let map: HashMap<String, u32> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let n = map.values().map(|&v| v as usize + 1).max().unwrap_or(0);
+        // One table entry per id: an id far beyond the number of tokens would allocate for nothing.
+        if n > map.len() {
+            return Err(Error::Tokenizer(format!(
+                "{}: ids must be 0..{} (one per token); the largest is {}",
+                path.display(),
+                map.len(),
+                n - 1
+            )));
+        }
         let mut token_bytes: Vec<Box<[u8]>> = vec![Box::default(); n];
         for (token, &id) in &map {
             token_bytes[id as usize] = token.as_bytes().into();
@@ -96,7 +108,13 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match &self.inner {
             Inner::Hf(t) => {
-                let enc = t.encode(text, special).map_err(|e| Error::Tokenizer(e.to_string()))?;
+                // `tokenizers` panics on some inconsistent files only when encoding (found by the
+                // `tokenizer` fuzz target: a template naming a special token the file lacks).
+                let enc = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.encode(text, special)))
+                    .map_err(|_| {
+                        Error::Tokenizer("the tokenizer.json is inconsistent (encoding failed)".into())
+                    })?
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
                 Ok(enc.get_ids().to_vec())
             }
             Inner::Char(map) => {
@@ -120,7 +138,9 @@ impl TextTokenizer {
             }
         }
         match &self.inner {
-            Inner::Hf(t) => t.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string())),
+            Inner::Hf(t) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.decode(ids, false)))
+                .map_err(|_| Error::Tokenizer("the tokenizer.json is inconsistent (decoding failed)".into()))?
+                .map_err(|e| Error::Tokenizer(e.to_string())),
             Inner::Char(_) => {
                 let bytes: Vec<u8> =
                     ids.iter().flat_map(|&i| self.token_bytes[i as usize].iter().copied()).collect();

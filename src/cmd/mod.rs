@@ -1,5 +1,6 @@
 //! One module per subcommand; shared option parsing lives here.
 
+pub mod bench;
 pub mod embed;
 pub mod eval;
 pub mod generate;
@@ -20,6 +21,23 @@ pub struct RunFlags {
     /// Path to libonnxruntime.so (default: ORT_DYLIB_PATH, next to the binary, .deps/onnxruntime).
     #[arg(long)]
     pub ort_library: Option<std::path::PathBuf>,
+    /// Refuse models estimated to need more memory than this: bytes, or with a K/M/G suffix
+    /// (binary: 512M = 512 MiB). A board's budget is in boards/BOARD.toml.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_budget: Option<u64>,
+}
+
+/// `1048576`, `1024K`, `512M`, `1G` (binary multiples).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_string(), 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), 30),
+        t => (t, 0),
+    };
+    let n: u64 =
+        digits.parse().map_err(|_| format!("`{s}` is not a byte count (e.g. 335544320, 320M, 1G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 impl RunFlags {
@@ -27,6 +45,9 @@ impl RunFlags {
         let mut o = Options::default().backend(self.backend).threads(self.threads);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
+        }
+        if let Some(bytes) = self.memory_budget {
+            o = o.memory_budget(bytes);
         }
         o
     }
@@ -49,5 +70,20 @@ impl BundleFlags {
             .run_options(self.run.options())
             .verify_hashes(!self.no_verify);
         ferrite_runtime::Bundle::open_with(dir, &options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(parse_bytes("335544320"), Ok(335544320));
+        assert_eq!(parse_bytes("320M"), Ok(320 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4K"), Ok(4096));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999G").is_err());
     }
 }

@@ -174,7 +174,39 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
 
 /// Reads `trainer_state.bin`: the state and the optimizer's burnpack bytes.
 pub fn load_state(dir: &Path) -> Result<(TrainerState, Vec<u8>)> {
+    read_state(&dir.join(STATE_FILE))
+}
+
+/// Finishes a save that was killed between renaming the new weights and renaming the new resume
+/// state (the state is renamed last, as the commit). Every file of a save is complete and synced
+/// before the first rename, so the new state is whole under its temporary name; it is renamed
+/// into place only when its step is the weights' step and the current state's is not. Returns
+/// whether it did. Without it such a checkpoint refused `--resume` ("weights are from step N but
+/// the resume state from step M"); tests/kill_harness.rs kills saves at random points.
+pub fn finish_interrupted_save(dir: &Path) -> Result<bool> {
+    let staged = dir.join(format!(".{STATE_FILE}.tmp"));
+    let weights = dir.join(WEIGHTS_FILE);
+    if !staged.is_file() || !weights.is_file() {
+        return Ok(false);
+    }
+    // A temporary file from a save killed while writing it does not parse, or has another step.
+    let Ok((pending, _)) = read_state(&staged) else { return Ok(false) };
+    let bytes = std::fs::read(&weights).map_err(|e| TrainError::io(&weights, e))?;
+    let Ok((_, meta)) = SafeTensors::read_metadata(&bytes) else { return Ok(false) };
+    let step: Option<u64> =
+        meta.metadata().as_ref().and_then(|m| m.get(STEP_KEY)).and_then(|s| s.parse().ok());
+    let current = load_state(dir).ok().map(|(s, _)| s.step);
+    if step != Some(pending.step) || current == Some(pending.step) {
+        return Ok(false);
+    }
     let path = dir.join(STATE_FILE);
+    std::fs::rename(&staged, &path).map_err(|e| TrainError::io(&path, e))?;
+    log::warn!("{}: finished a save interrupted at step {}", dir.display(), pending.step);
+    Ok(true)
+}
+
+fn read_state(path: &Path) -> Result<(TrainerState, Vec<u8>)> {
+    let path = path.to_path_buf();
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
     let bad = || TrainError::checkpoint(&path, "not a ferrite trainer state file");
     if bytes.len() < 24 || &bytes[..16] != STATE_MAGIC {
@@ -183,7 +215,8 @@ pub fn load_state(dir: &Path) -> Result<(TrainerState, Vec<u8>)> {
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[16..24]);
     let len = usize::try_from(u64::from_le_bytes(len)).map_err(|_| bad())?;
-    let json = bytes.get(24..24 + len).ok_or_else(bad)?;
+    let end = len.checked_add(24).ok_or_else(bad)?;
+    let json = bytes.get(24..end).ok_or_else(bad)?;
     let state: TrainerState =
         serde_json::from_slice(json).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
     Ok((state, bytes[24 + len..].to_vec()))

@@ -262,6 +262,7 @@ fn prepare(cfg: &TrainConfig, files: &[corpus::CorpusFile]) -> Result<Prepared> 
         Ok(())
     };
     if cfg.resume {
+        checkpoint::finish_interrupted_save(&cfg.out)?;
         if !cfg.out.join(checkpoint::STATE_FILE).is_file() {
             return Err(TrainError::InvalidArgument(format!(
                 "--resume: {} holds no {} to resume from",

@@ -18,25 +18,33 @@ use crate::error::Result;
 use crate::onnx::{Attr, Dim, ElemType, GraphBuilder};
 use crate::quant::{self, Linear, QuantScheme};
 
-/// One LSTM layer's weights, in PyTorch's layout and gate order (i, f, g, o).
+/// One LSTM layer's weights, in PyTorch's layout and gate order (i, f, g, o). Other sources
+/// (`keras.rs`) convert into this layout, so there is one graph builder for every LSTM source.
 #[derive(Debug)]
-struct Layer {
-    weight_ih: Vec<f32>,
-    weight_hh: Vec<f32>,
-    bias_ih: Vec<f32>,
-    bias_hh: Vec<f32>,
+pub(crate) struct Layer {
+    /// `[4H, input]`.
+    pub(crate) weight_ih: Vec<f32>,
+    /// `[4H, H]`.
+    pub(crate) weight_hh: Vec<f32>,
+    /// `[4H]`.
+    pub(crate) bias_ih: Vec<f32>,
+    /// `[4H]`.
+    pub(crate) bias_hh: Vec<f32>,
 }
 
 /// A loaded LSTM language model.
 #[derive(Debug)]
 pub struct Lstm {
-    vocab: usize,
-    embed: usize,
-    hidden: usize,
-    embedding: Vec<f32>,
-    layers: Vec<Layer>,
-    head_weight: Vec<f32>,
-    head_bias: Vec<f32>,
+    pub(crate) vocab: usize,
+    pub(crate) embed: usize,
+    pub(crate) hidden: usize,
+    /// `[V, E]`.
+    pub(crate) embedding: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    /// `[V, H]` (PyTorch `Linear` layout).
+    pub(crate) head_weight: Vec<f32>,
+    /// `[V]`.
+    pub(crate) head_bias: Vec<f32>,
 }
 
 /// Reorders the four `rows`-row gate blocks of a PyTorch LSTM tensor (i, f, g, o) into ONNX's
@@ -115,8 +123,8 @@ impl Architecture for Lstm {
             let r = pytorch_to_onnx_gates(&layer.weight_hh, h);
             let mut b = pytorch_to_onnx_gates(&layer.bias_ih, h);
             b.extend(pytorch_to_onnx_gates(&layer.bias_hh, h));
-            let w = quant::float_weight(&mut g, scheme, &format!("lstm.l{k}.W"), &[1, 4 * h, inp], &w);
-            let r = quant::float_weight(&mut g, scheme, &format!("lstm.l{k}.R"), &[1, 4 * h, h], &r);
+            let w = quant::recurrent_weight(&mut g, scheme, &format!("lstm.l{k}.W"), [1, 4 * h, inp], &w);
+            let r = quant::recurrent_weight(&mut g, scheme, &format!("lstm.l{k}.R"), [1, 4 * h, h], &r);
             let b = quant::float_weight(&mut g, scheme, &format!("lstm.l{k}.B"), &[1, 8 * h], &b);
             let out = g.op_n(
                 "LSTM",

@@ -1,11 +1,12 @@
-//! Source architectures: detection from a checkpoint directory, and one file per architecture
-//! that reads its weights and describes its graph.
+//! Source architectures: detection from a checkpoint directory (or a `.keras` archive), and one
+//! file per architecture that reads its weights and describes its graph.
 //!
 //! An architecture knows its checkpoint's tensor names and its ONNX interface; it does not know
 //! how weights are quantised (it asks [`crate::quant`]) nor how bundles are written.
 
 pub mod bert;
 pub mod gpt2;
+pub mod keras;
 mod layers;
 pub mod lstm;
 
@@ -29,6 +30,9 @@ pub enum ArchKind {
     Gpt2,
     /// Hugging Face BERT encoders, sentence-transformers folders included.
     Bert,
+    /// A Keras 3 `.keras` archive of `Sequential[Embedding, LSTM…, Dense]`: a source format,
+    /// exported as an `lstm` bundle (the manifest says `lstm`).
+    Keras,
 }
 
 /// What an exported output is, for the accuracy report.
@@ -102,8 +106,18 @@ pub(crate) fn usize_field(cfg: &Value, dir: &Path, key: &str) -> Result<usize> {
     })
 }
 
-/// Detects the architecture of a checkpoint directory from its `config.json`.
+/// Detects the architecture of a checkpoint directory from its `config.json`, or of a file from
+/// its contents (only Keras archives are single files).
 pub fn detect(dir: &Path) -> Result<ArchKind> {
+    if dir.is_file() {
+        if keras::is_archive(dir) {
+            return Ok(ArchKind::Keras);
+        }
+        return Err(ExportError::UnknownArchitecture(format!(
+            "{}: a file that is not a Keras `.keras` archive (other sources are checkpoint directories)",
+            dir.display()
+        )));
+    }
     let cfg = read_config(dir)?;
     if cfg.get("arch").and_then(Value::as_str) == Some("lstm") {
         return Ok(ArchKind::Lstm);
@@ -122,7 +136,7 @@ pub fn detect(dir: &Path) -> Result<ArchKind> {
     }
 }
 
-/// Loads the checkpoint in `dir` as `kind` (detected when `None`).
+/// Loads the checkpoint in `dir` (a directory, or a `.keras` file) as `kind` (detected when `None`).
 pub fn load(dir: &Path, kind: Option<ArchKind>) -> Result<Box<dyn Architecture>> {
     let kind = match kind {
         Some(k) => k,
@@ -132,6 +146,7 @@ pub fn load(dir: &Path, kind: Option<ArchKind>) -> Result<Box<dyn Architecture>>
         ArchKind::Lstm => Box::new(lstm::Lstm::load(dir)?),
         ArchKind::Gpt2 => Box::new(gpt2::Gpt2::load(dir)?),
         ArchKind::Bert => Box::new(bert::Bert::load(dir)?),
+        ArchKind::Keras => Box::new(keras::load(dir)?),
     })
 }
 

@@ -3,9 +3,9 @@
 //! The activation is quantised at run time to uint8 and multiplied with the int8 weight by
 //! `MatMulInteger` into int32 (the only path with real int8 compute on tract, and a fast one on
 //! ONNX Runtime); the product is scaled back by `x_scale · w_scale[out]` after the matmul. Dense
-//! layers use one scale per token ([`matmul_per_token`]: measured better on all-MiniLM-L6-v2 than
+//! layers use one scale and zero point per token ([`matmul_per_token`]: measured better on all-MiniLM-L6-v2 than
 //! `DynamicQuantizeLinear`'s one scale per tensor, [`matmul`], see the exporter README). The
-//! weight's zero point is 0 (symmetric), so it is omitted. Weight scales use 127, not 128, so
+//! weight's zero point is 0 (symmetric). Weight scales use 127, not 128, so
 //! that `-w` quantises to `-q` exactly. Embedding tables get int8 rows ([`gather`]).
 
 use super::Linear;
@@ -29,8 +29,7 @@ pub fn quantise_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>)
 }
 
 /// The layer's weight as int8 codes `[inp, out]` (MatMulInteger's B) and f32 scales `[out]`.
-fn weight(g: &mut GraphBuilder, layer: &Linear<'_>) -> (String, String) {
-    let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
+fn weight(g: &mut GraphBuilder, layer: &Linear<'_>, codes: &[i8], scales: &[f32]) -> (String, String) {
     // MatMulInteger wants B as [inp, out]: transpose the codes.
     let mut bt = vec![0u8; codes.len()];
     for o in 0..layer.out {
@@ -39,13 +38,14 @@ fn weight(g: &mut GraphBuilder, layer: &Linear<'_>) -> (String, String) {
         }
     }
     let w = g.init_bytes(&format!("{}.weight_q", layer.name), ElemType::I8, &[layer.inp, layer.out], bt);
-    let ws = g.init_f32(&format!("{}.weight_scale", layer.name), &[layer.out], &scales);
+    let ws = g.init_f32(&format!("{}.weight_scale", layer.name), &[layer.out], scales);
     (w, ws)
 }
 
 /// `x · Wᵀ` through `DynamicQuantizeLinear` + `MatMulInteger`.
 pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
-    let (w, ws) = weight(g, layer);
+    let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
+    let (w, ws) = weight(g, layer, &codes, &scales);
     let q = g.op_n("DynamicQuantizeLinear", &[x], 3, vec![]);
     let acc = g.op("MatMulInteger", &[&q[0], &w, &q[2]], vec![]);
     let acc = g.op("Cast", &[&acc], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
@@ -69,32 +69,70 @@ pub fn gather(g: &mut GraphBuilder, name: &str, rows: usize, cols: usize, data: 
     g.op("Mul", &[&q, &s], vec![])
 }
 
-/// `x · Wᵀ` with the activation quantised per token (per row of the last axis) rather than per
-/// tensor: symmetric, scale `max|x_row| / 127`, stored as uint8 with the fixed zero point 128 so
-/// the same `MatMulInteger` (uint8 × int8, scalar zero point) runs on both backends.
+/// A `[d0, rows, cols]` float weight stored as int8 codes with one scale per row (over all
+/// `d0 · rows` rows) and widened back with `Cast` + `Mul`: every input is a constant, so both
+/// backends fold it into an f32 initializer at load time (weight-only quantisation).
+pub fn widened_rows(g: &mut GraphBuilder, name: &str, dims: [usize; 3], data: &[f32]) -> String {
+    let [d0, rows, cols] = dims;
+    let (codes, scales) = quantise_rows(data, d0 * rows, cols);
+    let bytes = codes.into_iter().map(|c| c as u8).collect();
+    let q = g.init_bytes(&format!("{name}_q"), ElemType::I8, &dims, bytes);
+    let s = g.init_f32(&format!("{name}_scale"), &[d0, rows, 1], &scales);
+    let w = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
+    g.op("Mul", &[&w, &s], vec![])
+}
+
+/// `x · Wᵀ` with the activation quantised per token (per row of the last axis), asymmetric:
+/// each row's `[min(x,0), max(x,0)]` range is mapped onto the 256 uint8 codes with its own scale
+/// and zero point, and `MatMulInteger` (uint8 × int8, no zero-point inputs) multiplies the codes.
 ///
-/// `DynamicQuantizeLinear` gives a whole `[B,S,D]` tensor one scale, so one token with large
-/// activations (BERT's `[CLS]`/`[SEP]`/punctuation rows) coarsens every other token's codes.
+/// Why per token: `DynamicQuantizeLinear` gives a whole `[B,S,D]` tensor one scale, so one token
+/// with large activations (BERT's `[CLS]`/`[SEP]`/punctuation rows) coarsens every other token's
+/// codes. Why asymmetric: post-GELU and post-LayerNorm rows are lopsided, and a symmetric code
+/// leaves half of its 256 levels unused (measured on all-MiniLM-L6-v2, see the exporter README).
+///
+/// The row's zero point `z` is folded out after the integer product, exactly, in int32:
+/// `Σ_i (q_i − z)·w_io = (q·W)_o − z·Σ_i w_io`, with the column sums of the int8 codes stored as
+/// an int32 initializer. Only ops both backends run with int32 (`Mul`, `Sub`, `Cast`).
 pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
-    let (w, ws) = weight(g, layer);
-    let a = g.op("Abs", &[x], vec![]);
-    let max = g.op("ReduceMax", &[&a], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))]);
-    // An all-zero row would divide by zero: its codes are 128 (zero) whatever the scale.
+    let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
+    let column_sums: Vec<i32> = (0..layer.out)
+        .map(|o| codes[o * layer.inp..(o + 1) * layer.inp].iter().map(|&c| c as i32).sum())
+        .collect();
+    let (w, ws) = weight(g, layer, &codes, &scales);
+    let sums = g.init_bytes(
+        &format!("{}.weight_q_column_sum", layer.name),
+        ElemType::I32,
+        &[layer.out],
+        column_sums.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    let last_axis = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
+    let zero = g.scalar_f32(0.0);
+    let lo = g.op("ReduceMin", &[x], last_axis());
+    let lo = g.op("Min", &[&lo, &zero], vec![]);
+    let hi = g.op("ReduceMax", &[x], last_axis());
+    let hi = g.op("Max", &[&hi, &zero], vec![]);
+    let range = g.op("Sub", &[&hi, &lo], vec![]);
+    // An all-zero row would divide by zero: its codes are its zero point whatever the scale.
     let tiny = g.scalar_f32(f32::MIN_POSITIVE);
-    let max = g.op("Max", &[&max, &tiny], vec![]);
-    let inv127 = g.scalar_f32(1.0 / 127.0);
-    let scale = g.op("Mul", &[&max, &inv127], vec![]);
+    let range = g.op("Max", &[&range, &tiny], vec![]);
+    let inv255 = g.scalar_f32(1.0 / 255.0);
+    let scale = g.op("Mul", &[&range, &inv255], vec![]);
+    // lo ≤ 0 ≤ hi, so the zero point −lo/scale lies in 0..=255 and zero is exactly representable.
+    let neg_lo = g.op("Neg", &[&lo], vec![]);
+    let zp = g.op("Div", &[&neg_lo, &scale], vec![]);
+    let zp = g.op("Round", &[&zp], vec![]);
     let q = g.op("Div", &[x, &scale], vec![]);
     let q = g.op("Round", &[&q], vec![]);
-    let zp_f = g.scalar_f32(128.0);
-    let q = g.op("Add", &[&q, &zp_f], vec![]);
-    // |x / scale| ≤ 127 so the codes lie in 1..=255; the clip guards rounding at the edge.
-    let lo = g.scalar_f32(0.0);
-    let hi = g.scalar_f32(255.0);
-    let q = g.op("Clip", &[&q, &lo, &hi], vec![]);
+    let q = g.op("Add", &[&q, &zp], vec![]);
+    let lo_code = g.scalar_f32(0.0);
+    let hi_code = g.scalar_f32(255.0);
+    let q = g.op("Clip", &[&q, &lo_code, &hi_code], vec![]);
     let q = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::U8.code() as i64))]);
-    let zp = g.init_bytes(&format!("{}.act_zero_point", layer.name), ElemType::U8, &[], vec![128]);
-    let acc = g.op("MatMulInteger", &[&q, &w, &zp], vec![]);
+    let acc = g.op("MatMulInteger", &[&q, &w], vec![]);
+    let zp_i = g.op("Cast", &[&zp], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
+    let correction = g.op("Mul", &[&zp_i, &sums], vec![]);
+    let acc = g.op("Sub", &[&acc, &correction], vec![]);
     let acc = g.op("Cast", &[&acc], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
     let acc = g.op("Mul", &[&acc, &scale], vec![]);
     g.op("Mul", &[&acc, &ws], vec![])

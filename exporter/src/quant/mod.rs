@@ -102,6 +102,25 @@ pub fn float_weight(
     }
 }
 
+/// A recurrent weight `[1, rows, cols]` that the `LSTM` op multiplies in float (its `W`/`R`
+/// inputs must be float): f32 / f16 storage under `fp32` / `fp16`; under `int8` and `q4`, int8
+/// codes with one scale per row, widened by `Cast` + `Mul` on constants, which both backends fold
+/// into an f32 weight when the model is loaded. Weight-only quantisation: the bundle is ~4×
+/// smaller, the compute (and the weights in RAM after load) stays f32. Measured on the shipped
+/// LSTM in the exporter README. Returns the name of an f32 value.
+pub fn recurrent_weight(
+    g: &mut GraphBuilder,
+    scheme: QuantScheme,
+    name: &str,
+    dims: [usize; 3],
+    data: &[f32],
+) -> String {
+    match scheme {
+        QuantScheme::Fp32 | QuantScheme::Fp16 => float_weight(g, scheme, name, &dims, data),
+        QuantScheme::Int8 | QuantScheme::Q4 => int8::widened_rows(g, name, dims, data),
+    }
+}
+
 /// Rows `ids` of an embedding table `[rows, cols]` (word and position embeddings): f32 or f16
 /// under `fp32`/`fp16`, int8 per row under `int8`, 4-bit blocks under `q4` (int8 when `cols` is
 /// not a multiple of 64). Returns an f32 value of shape `ids ++ [cols]`.

@@ -66,11 +66,20 @@ pub struct Options {
     /// Let ONNX Runtime prepack constant weights (faster matmuls, private copies of weights).
     /// Off keeps external-data weights file-backed; see docs/runtime.md for the measured trade.
     pub ort_prepacking: bool,
+    /// Most bytes preparing and running the model may take, by [`crate::budget::estimate`];
+    /// over it, preparing fails with `ResourceLimit` before the backend allocates (no limit: `None`).
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { backend: BackendKind::Tract, threads: 1, ort_library: None, ort_prepacking: true }
+        Options {
+            backend: BackendKind::Tract,
+            threads: 1,
+            ort_library: None,
+            ort_prepacking: true,
+            memory_budget: None,
+        }
     }
 }
 
@@ -93,6 +102,11 @@ impl Options {
     /// Turns ONNX Runtime's weight prepacking on or off.
     pub fn ort_prepacking(mut self, on: bool) -> Self {
         self.ort_prepacking = on;
+        self
+    }
+    /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
         self
     }
 }

@@ -32,8 +32,27 @@ pub(crate) struct TractModel {
     plan: Arc<TypedRunnableModel>,
 }
 
+/// Runs `f`, turning a panic inside tract into `Error::Backend`: a last line of defence for
+/// models that pass validation but hit an unchecked case in tract (found by the bad-input corpus:
+/// position ids past an embedding table, overflowing symbolic dims). The panic message is still
+/// printed by the process's panic hook.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(Error::Backend { backend: NAME, message: format!("{what}: tract panicked: {msg}") })
+    })
+}
+
 impl TractModel {
     pub(crate) fn prepare(model: &Model, options: &Options) -> Result<TractModel> {
+        no_panic("preparing the model", || TractModel::prepare_checked(model, options))
+    }
+
+    fn prepare_checked(model: &Model, options: &Options) -> Result<TractModel> {
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
         if let Some(op) = model.info().ops.keys().find(|op| !onnx.op_register.0.contains_key(bare_op(op))) {
             return Err(Error::UnsupportedOp { op: op.clone(), backend: NAME });
@@ -163,12 +182,14 @@ fn from_tract(t: &TractTensor) -> Result<Tensor> {
 
 impl BackendState for TractState {
     fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
-        let mut values: TVec<TValue> = tvec![];
-        for view in inputs {
-            values.push(to_tract(view)?.into());
-        }
-        let mut state = self.plan.spawn().map_err(|e| backend_err("creating run state", e))?;
-        let outputs = state.run(values).map_err(|e| backend_err("running the plan", e))?;
-        outputs.iter().map(|v| from_tract(v)).collect()
+        no_panic("running the plan", || {
+            let mut values: TVec<TValue> = tvec![];
+            for view in inputs {
+                values.push(to_tract(view)?.into());
+            }
+            let mut state = self.plan.spawn().map_err(|e| backend_err("creating run state", e))?;
+            let outputs = state.run(values).map_err(|e| backend_err("running the plan", e))?;
+            outputs.iter().map(|v| from_tract(v)).collect()
+        })
     }
 }

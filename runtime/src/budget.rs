@@ -1,0 +1,157 @@
+//! The memory budget: an estimate of what preparing and running a model will take, checked against
+//! a limit before the backend allocates anything (a board's budget lives in `boards/*.toml`).
+//!
+//! The estimate is deliberately simple and errs high. It is not an allocator limit: nothing is
+//! counted while the model runs, so a budget only refuses models that cannot fit from the start.
+//!
+//! What is counted (figures measured in BENCHMARKS.md, "Runtime: load and run, per backend"):
+//! - the weights as stored, times a per-backend factor for the backend's own copies while
+//!   loading: tract copies every weight into its buffers (peak RSS 2.4× the weights with external
+//!   data, 3.8× with weights embedded in the protobuf); ONNX Runtime with prepacking keeps a private
+//!   repacked copy (1.2× / 2.4×), without prepacking the weights stay file-backed (1.05× / 2.4×);
+//! - every graph input and output at batch 1 and the given number of positions (symbolic dims
+//!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
+//!   For a GPT-2 bundle at its full context length this is the KV cache;
+//! - a fixed allowance for the runtime, the backend's plan and intermediate activations.
+
+use crate::backend::{BackendKind, Options};
+use crate::error::{Error, Result};
+use crate::model::{Dim, ModelInfo};
+
+/// Bytes counted for the runtime itself, the backend's plan and intermediate activations.
+pub const FIXED_ALLOWANCE: u64 = 8 << 20;
+
+/// What preparing and running a model is expected to need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryEstimate {
+    /// Initializer bytes as stored in the file.
+    pub weights: u64,
+    /// Peak bytes of weights and the backend's copies of them while loading.
+    pub loaded_weights: u64,
+    /// Graph inputs and outputs at batch 1 and the planned positions, backend and ferrite copies.
+    pub io: u64,
+    /// [`FIXED_ALLOWANCE`].
+    pub fixed: u64,
+}
+
+impl MemoryEstimate {
+    /// The whole estimate in bytes.
+    pub fn total(&self) -> u64 {
+        self.loaded_weights.saturating_add(self.io).saturating_add(self.fixed)
+    }
+}
+
+/// Peak RSS while loading, per byte of stored weights (measured, rounded up; see the module docs).
+pub fn weight_factor(backend: BackendKind, external_data: bool, ort_prepacking: bool) -> f64 {
+    match (backend, external_data, ort_prepacking) {
+        (BackendKind::Tract, true, _) => 2.4,
+        (BackendKind::Tract, false, _) => 3.8,
+        (BackendKind::Ort, true, true) => 1.2,
+        (BackendKind::Ort, true, false) => 1.05,
+        (BackendKind::Ort, false, _) => 2.4,
+    }
+}
+
+/// Estimates the memory a model needs on the backend `options` choose, with symbolic sequence
+/// dimensions at `positions` (at least 1).
+pub fn estimate(info: &ModelInfo, options: &Options, positions: usize) -> MemoryEstimate {
+    let weights = info.weight_bytes();
+    let external = !info.external_data_files.is_empty();
+    let factor = weight_factor(options.backend, external, options.ort_prepacking);
+    let loaded_weights = (weights as f64 * factor).ceil() as u64;
+    let positions = positions.max(1) as u64;
+    // Saturating: a manifest may claim any context length (`sum` would overflow and panic).
+    let io: u64 = info
+        .inputs
+        .iter()
+        .chain(&info.outputs)
+        .map(|io| io_bytes(io, positions))
+        .fold(0, u64::saturating_add);
+    MemoryEstimate { weights, loaded_weights, io: io.saturating_mul(2), fixed: FIXED_ALLOWANCE }
+}
+
+/// Bytes of one input or output at batch 1 (the first dim, when symbolic) and `positions`.
+fn io_bytes(io: &crate::model::IoInfo, positions: u64) -> u64 {
+    let element = io.dtype.map(|d| d.size() as u64).unwrap_or(8);
+    let Some(dims) = &io.shape else { return element.saturating_mul(positions) };
+    dims.iter().enumerate().fold(element, |acc, (i, d)| {
+        let n = match d {
+            Dim::Fixed(n) => *n as u64,
+            Dim::Symbolic(_) | Dim::Unknown if i == 0 => 1,
+            Dim::Symbolic(_) | Dim::Unknown => positions,
+        };
+        acc.saturating_mul(n)
+    })
+}
+
+/// Fails with [`Error::ResourceLimit`] when the estimate exceeds `options.memory_budget`.
+pub fn check(info: &ModelInfo, options: &Options, positions: usize) -> Result<MemoryEstimate> {
+    let estimate = estimate(info, options, positions);
+    if let Some(budget) = options.memory_budget
+        && estimate.total() > budget
+    {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        return Err(Error::ResourceLimit(format!(
+            "the model needs an estimated {:.1} MiB on {} ({:.1} MiB of weights loaded as {:.1} MiB, \
+             {:.1} MiB of inputs/outputs at {positions} positions, {:.1} MiB fixed), over the memory \
+             budget of {:.1} MiB",
+            mib(estimate.total()),
+            options.backend.name(),
+            mib(estimate.weights),
+            mib(estimate.loaded_weights),
+            mib(estimate.io),
+            mib(estimate.fixed),
+            mib(budget),
+        )));
+    }
+    Ok(estimate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IoInfo;
+    use crate::tensor::DType;
+
+    fn info(weights: u64, external: bool) -> ModelInfo {
+        let io = |name: &str, dims: Vec<Dim>| IoInfo {
+            name: name.into(),
+            dtype_name: "f32".into(),
+            dtype: Some(DType::F32),
+            shape: Some(dims),
+        };
+        let mut info = ModelInfo::default();
+        info.initializer_bytes.insert("f32".into(), weights);
+        if external {
+            info.external_data_files.push("model.onnx.data".into());
+        }
+        info.inputs
+            .push(io("x", vec![Dim::Symbolic("batch".into()), Dim::Symbolic("seq".into()), Dim::Fixed(4)]));
+        info.outputs.push(io("y", vec![Dim::Symbolic("batch".into()), Dim::Fixed(10)]));
+        info
+    }
+
+    #[test]
+    fn tract_counts_its_copy_of_the_weights() {
+        let e = estimate(&info(1000, true), &Options::default(), 3);
+        assert_eq!(e.weights, 1000);
+        assert_eq!(e.loaded_weights, 2400);
+        // x: 1 × 3 × 4 f32 = 48 bytes, y: 1 × 10 f32 = 40 bytes; both counted twice.
+        assert_eq!(e.io, 176);
+        assert_eq!(e.total(), 2400 + 176 + FIXED_ALLOWANCE);
+        let embedded = estimate(&info(1000, false), &Options::default(), 3);
+        assert_eq!(embedded.loaded_weights, 3800);
+    }
+
+    #[test]
+    fn over_budget_is_a_resource_limit_and_no_budget_is_no_limit() {
+        let info = info(1 << 30, true);
+        assert!(check(&info, &Options::default(), 1).is_ok());
+        let tight = Options::default().memory_budget(1 << 30);
+        let err = check(&info, &tight, 1).unwrap_err();
+        assert!(matches!(err, Error::ResourceLimit(_)), "{err}");
+        assert!(err.to_string().contains("memory budget of 1024.0 MiB"), "{err}");
+        let roomy = Options::default().memory_budget(3 << 30);
+        assert!(check(&info, &roomy, 1).is_ok());
+    }
+}

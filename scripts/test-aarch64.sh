@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# ferrite on aarch64, under qemu-user (issue 7): cross-builds the runtime's tests, the CLI and the
+# C library for the Raspberry Pi 4 (boards/rpi4.toml: target-cpu cortex-a72) and runs them with
+# `-cpu cortex-a72` and with `-cpu cortex-a76` (where tract picks its SDOT int8 kernels):
+#   1. the runtime's unit tests (built with the `ort` feature too: ONNX Runtime is compiled and
+#      linked for aarch64 but not run, its library hangs under qemu-user);
+#   2. parity with the x86 CLI (same script, same inputs) on every bundle under models/*/{int8,fp32}/
+#      plus LSTM and GPT-2 test bundles exported here in both quantisations: greedy ids identical,
+#      prompt logits within 1e-4 (fp32) or INT8_TOLERANCE (int8, see boards/README.md); `infer`
+#      outputs on models/tiny-lstm-lm and tests/models/* within 1e-4;
+#   3. the C examples (examples/c), cross-compiled, against the x86 CLI's output;
+#   4. `boards/build rpi4` and the README's "Deploy to a Raspberry Pi" lines, run as written
+#      (the board's binary under qemu instead of on a Pi, `cc` replaced by the cross compiler).
+# Missing packages are installed with apt-get; when that fails the script FAILS, it never skips.
+# Environment: FERRITE_CLI (x86 reference, default target/debug/ferrite, built when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+started=$(date +%s)
+step() { printf '\n==> aarch64: %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+fail() { echo "test-aarch64: FAIL: $*" >&2; exit 1; }
+
+INT8_TOLERANCE="${INT8_TOLERANCE:-2e-2}"
+FP32_TOLERANCE=1e-4
+profile=cross-test
+target=aarch64-unknown-linux-gnu
+target_dir="$root/target-aarch64"
+out_dir="$target_dir/$target/$profile"
+work="$root/target/aarch64-test"
+cpus=(cortex-a72 cortex-a76)
+qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+
+step "toolchain (Debian rustc-web, libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu, qemu-user-static)"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    echo "test-aarch64: adding the arm64 architecture to dpkg"
+    $sudo dpkg --add-architecture arm64 || fail "dpkg --add-architecture arm64"
+fi
+missing=()
+for p in rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu qemu-user-static; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+minor() { /usr/bin/rustc -V 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p'; }
+if [ ${#missing[@]} -gt 0 ] || [ "$(minor || echo 0)" -lt 91 ]; then
+    echo "test-aarch64: installing ${missing[*]:-a newer rustc-web} with apt-get (tract needs rustc >= 1.91)"
+    { $sudo apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web libstd-rust-web-dev:arm64 \
+            gcc-aarch64-linux-gnu qemu-user-static; } || fail "apt-get could not install the cross toolchain"
+fi
+[ "$(minor || echo 0)" -ge 91 ] || fail "/usr/bin/rustc is $(/usr/bin/rustc -V 2>&1): tract 0.23 needs >= 1.91"
+command -v "${qemu[0]}" >/dev/null || fail "qemu-aarch64-static is missing"
+command -v aarch64-linux-gnu-gcc >/dev/null || fail "aarch64-linux-gnu-gcc is missing"
+echo "$(/usr/bin/rustc -V); $(aarch64-linux-gnu-gcc --version | head -n 1); $(${qemu[0]} --version | head -n 1)"
+
+# Every cross build: Debian's compiler, the cross linker, the Pi 4 CPU, one target dir.
+xcargo() {
+    env RUSTC=/usr/bin/rustc CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        CARGO_TARGET_DIR="$target_dir" RUSTFLAGS="-C target-cpu=cortex-a72" \
+        cargo "$@" --profile "$profile" --target "$target"
+}
+
+step "x86 reference CLI"
+x86="${FERRITE_CLI:-$root/target/debug/ferrite}"
+[ -x "$x86" ] || cargo build --bin ferrite
+"$x86" --version
+
+step "cross-build: runtime tests (tract + ort), CLI (tract), libferrite"
+xcargo test -p ferrite-runtime --features ort,npy --no-run --message-format=json > "$target_dir/runtime-tests.json" \
+    || { grep -h '"rendered"' "$target_dir/runtime-tests.json" | tail -n 20 >&2; fail "cross-building the runtime's tests"; }
+runtime_tests=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' "$target_dir/runtime-tests.json")
+[ -n "$runtime_tests" ] || fail "no runtime test executable was built"
+xcargo build --bin ferrite --no-default-features --features tract
+arm="$out_dir/ferrite"
+have_ffi=0
+if [ -f runtime/ffi/Cargo.toml ]; then
+    xcargo build -p ferrite-ffi --no-default-features --features tract
+    have_ffi=1
+fi
+
+step "runtime unit tests under qemu"
+for cpu in "${cpus[@]}"; do
+    for t in $runtime_tests; do
+        echo "-- $(basename "$t") on $cpu"
+        (cd runtime && "${qemu[@]}" -cpu "$cpu" "$t" -q) || fail "runtime tests on $cpu"
+    done
+done
+
+step "bundles: shipped ones plus LSTM/GPT-2 test bundles in both quantisations"
+mkdir -p "$work"
+bundles=()
+for b in models/*/int8 models/*/fp32; do [ -f "$b/ferrite.json" ] && bundles+=("$root/$b"); done
+for arch in lstm gpt2; do
+    for quant in fp32 int8; do
+        dir="$work/bundles/$arch-$quant"
+        [ -f "$dir/ferrite.json" ] || "$x86" export "exporter/tests/golden/$arch" -o "$dir" --quant "$quant" --force >/dev/null
+        bundles+=("$dir")
+    done
+done
+
+# Compares two `generate --json` outputs and two .npy logit dumps (pure Python, no numpy).
+compare() { # compare X86_JSON ARM_JSON X86_NPY ARM_NPY TOLERANCE WHAT
+    python3 - "$@" <<'EOF'
+import json, struct, sys
+x_json, a_json, x_npy, a_npy, tol, what = sys.argv[1:]
+def npy(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<H", b[8:10])[0]
+    assert b"'<f4'" in b[10:10 + n], path
+    data = b[10 + n:]
+    return struct.unpack("<%df" % (len(data) // 4), data)
+x, a = json.load(open(x_json)), json.load(open(a_json))
+if x["ids"] != a["ids"]:
+    sys.exit(f"{what}: greedy ids differ\n  x86:     {x['ids']}\n  aarch64: {a['ids']}")
+lx, la = npy(x_npy), npy(a_npy)
+if len(lx) != len(la):
+    sys.exit(f"{what}: {len(lx)} logits on x86, {len(la)} on aarch64")
+diff = max(abs(p - q) for p, q in zip(lx, la))
+print(f"{what}: {len(x['ids'])} ids identical, max |logit diff| {diff:.2e} (tolerance {tol})")
+if not diff <= float(tol):
+    sys.exit(f"{what}: logits differ by {diff:.3e} > {tol}")
+EOF
+}
+
+step "parity with x86: generate (greedy ids, prompt logits)"
+for b in "${bundles[@]}"; do
+    name="$(basename "$(dirname "$b")")-$(basename "$b")"
+    quant=fp32
+    grep -q '"int8"' "$b/ferrite.json" && quant=int8
+    tol=$FP32_TOLERANCE
+    [ "$quant" = int8 ] && tol=$INT8_TOLERANCE
+    if [[ "$b" == "$root/models/"* ]]; then
+        prompt=(--prompt "ROMEO: ")
+    else
+        prompt=(--ids 3,1,4,1,5,9,2,6)
+    fi
+    args=(generate "$b" "${prompt[@]}" --temperature 0 --max-tokens 16 --json)
+    out="$work/parity/$name"
+    mkdir -p "$out"
+    "$x86" "${args[@]}" --dump-logits "$out/x86.npy" > "$out/x86.json"
+    for cpu in "${cpus[@]}"; do
+        "${qemu[@]}" -cpu "$cpu" "$arm" "${args[@]}" --dump-logits "$out/$cpu.npy" > "$out/$cpu.json" \
+            || fail "$name on $cpu"
+        compare "$out/x86.json" "$out/$cpu.json" "$out/x86.npy" "$out/$cpu.npy" "$tol" "$name ($quant, $cpu)" \
+            || fail "$name on $cpu differs from x86"
+    done
+done
+
+step "parity with x86: infer on raw ONNX models"
+compare_npz() { # compare_npz X86_NPZ ARM_NPZ WHAT
+    python3 - "$@" <<'EOF'
+import struct, sys, zipfile
+def arrays(path):
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            b = z.read(name)
+            n = struct.unpack("<H", b[8:10])[0]
+            header = b[10:10 + n].decode("latin1")
+            fmt = {"'<f4'": "f", "'<i8'": "q", "'<i4'": "i"}
+            code = next(v for k, v in fmt.items() if k in header)
+            size = struct.calcsize(code)
+            data = b[10 + n:]
+            out[name] = struct.unpack("<%d%s" % (len(data) // size, code), data)
+    return out
+x, a = arrays(sys.argv[1]), arrays(sys.argv[2])
+assert x.keys() == a.keys(), (x.keys(), a.keys())
+diff = max(max((abs(p - q) for p, q in zip(x[k], a[k])), default=0.0) for k in x)
+print(f"{sys.argv[3]}: {len(x)} outputs, max |diff| {diff:.2e}")
+sys.exit(0 if diff <= 1e-4 else f"{sys.argv[3]}: outputs differ by {diff:.3e}")
+EOF
+}
+for case in models/tiny-lstm-lm tests/models/lstm tests/models/external_data tests/models/dynamic_batch tests/models/matmul_integer; do
+    inputs=()
+    while IFS=$'\t' read -r input file; do inputs+=(--input "$input=$case/$file"); done < <(
+        python3 -c 'import json,sys; [print(k, v, sep="\t") for k, v in json.load(open(sys.argv[1]))["inputs"].items()]' "$case/case.json")
+    out="$work/infer/$(basename "$case")"
+    mkdir -p "$out"
+    "$x86" infer "$case/model.onnx" "${inputs[@]}" --output "$out/x86.npz"
+    for cpu in "${cpus[@]}"; do
+        "${qemu[@]}" -cpu "$cpu" "$arm" infer "$case/model.onnx" "${inputs[@]}" --output "$out/$cpu.npz" \
+            || fail "infer $case on $cpu"
+        compare_npz "$out/x86.npz" "$out/$cpu.npz" "$(basename "$case") ($cpu)" || fail "infer $case on $cpu differs"
+    done
+done
+
+step "C examples, cross-compiled, against the x86 CLI"
+if [ "$have_ffi" -eq 1 ] && [ -f examples/c/Makefile ]; then
+    [ -f target/c-test/lstm/ferrite.json ] && [ -f target/c-test/minilm/ferrite.json ] \
+        || fail "target/c-test bundles are missing: scripts/test-c.sh makes them (run it first)"
+    for cpu in "${cpus[@]}"; do
+        make -C examples/c test CC=aarch64-linux-gnu-gcc RUNNER="${qemu[*]} -cpu $cpu" VALGRIND= \
+            FERRITE_LIB_DIR="$out_dir" FERRITE_CLI="$x86" BUNDLE_DIR="$root/target/c-test" \
+            BUILD="$work/c-$cpu" || fail "C examples on $cpu"
+    done
+else
+    fail "the C API (runtime/ffi) or examples/c is missing"
+fi
+
+step "boards/build rpi4 and the README's deploy lines"
+# The README's block, run as written: on "the Pi" the binaries run under qemu with the Pi 4 CPU.
+readme_block="$(awk '/^## Deploy to a Raspberry Pi/{s=1} s && /^```sh$/{c=1; next} c && /^```$/{exit} c' README.md)"
+[ -n "$readme_block" ] || fail "README.md has no \"Deploy to a Raspberry Pi\" sh block"
+pi_home="$work/pi-home"
+rm -rf "$pi_home" && mkdir -p "$pi_home"
+cp examples/c/readme_example.c "$pi_home/app.c"
+shipped=models/shakespeare-gpt/int8
+substitute=""
+if [ ! -f "$shipped/ferrite.json" ]; then
+    # Before the shipped bundles exist: the C tests' char-level LSTM (int8) stands in under the
+    # same name, prompted with characters of its vocabulary.
+    mkdir -p "$work/stand-in/shakespeare-gpt"
+    rm -rf "$work/stand-in/shakespeare-gpt/int8"
+    cp -r target/c-test/lstm "$work/stand-in/shakespeare-gpt/int8"
+    substitute="s|$shipped|$work/stand-in/shakespeare-gpt/int8|g; s|\"ROMEO:\"|\"the cat\"|g;"
+    echo "test-aarch64: $shipped is not there yet: target/c-test/lstm stands in for it"
+fi
+script="$work/readme-deploy.sh"
+{
+    echo 'set -euxo pipefail'
+    echo "export FERRITE_BOARD_PROFILE=$profile FERRITE_DIST='$work/dist'"
+    echo "cd '$root'"
+    printf '%s\n' "$readme_block" | sed -e "$substitute" \
+        -e "s|^scp \(.*\) pi@raspberrypi.local:$|cp '$work/dist/'\$(basename \1) '$pi_home/' \&\& cd '$pi_home'|" \
+        -e "s|^\./|${qemu[*]} -cpu cortex-a72 ./|" \
+        -e "s|^cc |aarch64-linux-gnu-gcc |"
+} > "$script"
+cat "$script"
+bash "$script" || fail "a README deploy line failed"
+echo "test-aarch64: all passed in $(( $(date +%s) - started ))s"
