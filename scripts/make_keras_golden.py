@@ -27,30 +27,19 @@ and every kernel is non-trivial.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from make_goldens import save_npz  # noqa: E402  (same directory: scripts/)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "exporter" / "tests" / "golden"
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez with fixed timestamps, so re-running yields identical bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            zf.writestr(info, buf.getvalue())
 
 
 def fresh(case: str) -> Path:

@@ -22,15 +22,15 @@ tokenizer.json and for the shipped BPE, with and without special tokens.
 from __future__ import annotations
 
 import glob
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
+
+from make_goldens import save_npz  # same directory: scripts/
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN_TOKENS = 48
@@ -52,15 +52,6 @@ TOKENIZER_TEXTS = [
     "Thou art more lovely and more temperate:\nRough winds do shake the darling buds of May,",
     "a" * 300,
 ]
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez with fixed timestamps, so re-running yields identical bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
 class LstmLM(torch.nn.Module):
