@@ -18,7 +18,7 @@ if [ ${#bundles[@]} -eq 0 ]; then
     for b in models/*/int8 models/*/fp32 target/c-test/minilm; do [ -f "$b/ferrite.json" ] && bundles+=("$b"); done
 fi
 budget=$(sed -n 's/^memory-budget *= *\([0-9]*\).*/\1/p' boards/rpi-zero2w.toml)
-qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu cortex-a72)
+qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib -cpu cortex-a72)
 
 peak_kib() { /usr/bin/time -v "$@" 2>&1 >/dev/null | sed -n 's/.*Maximum resident set size (kbytes): //p'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }

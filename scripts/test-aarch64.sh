@@ -2,10 +2,10 @@
 # ferrite on aarch64, under qemu-user (issue 7): cross-builds the runtime's tests, the CLI and the
 # C library for the Raspberry Pi 4 (boards/rpi4.toml: target-cpu cortex-a72) and runs them with
 # `-cpu cortex-a72` and with `-cpu cortex-a76` (where tract picks its SDOT int8 kernels):
-#   1. the runtime's unit tests (built with the `ort` feature too: ONNX Runtime is compiled and
-#      linked for aarch64 but not run, its library hangs under qemu-user);
+#   1. the runtime's unit tests (built with the `ort` feature too);
 #   2. parity with the x86 CLI (same script, same inputs) on every bundle under models/*/{int8,fp32}/
-#      plus LSTM and GPT-2 test bundles exported here in both quantisations: greedy ids identical,
+#      plus LSTM and GPT-2 test bundles exported here in both quantisations, on tract and on ONNX
+#      Runtime (the aarch64 wheel's library under qemu >= 8 vs the x86 one): greedy ids identical,
 #      prompt logits within 1e-4 (fp32) or INT8_TOLERANCE (int8, see boards/README.md); `infer`
 #      outputs on models/tiny-lstm-lm and tests/models/* within 1e-4;
 #   3. the C examples (examples/c), cross-compiled, against the x86 CLI's output;
@@ -28,7 +28,10 @@ target_dir="$root/target-aarch64"
 out_dir="$target_dir/$target/$profile"
 work="$root/target/aarch64-test"
 cpus=(cortex-a72 cortex-a76)
-qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+# -E LD_LIBRARY_PATH: without it the cross ld.so (libc6-arm64-cross) loads libc.so.6 of libc6:arm64
+# (pulled in by libstd-rust-web-dev:arm64) through the host ld.so.cache; the two glibc builds
+# disagree on private ABI and every pthread_create hangs (docs/runtime.md, "qemu-user").
+qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib)
 
 step "toolchain (Debian rustc-web, libstd-rust-web-dev:arm64, gcc-aarch64-linux-gnu, qemu-user-static)"
 sudo=""
@@ -50,6 +53,21 @@ if [ ${#missing[@]} -gt 0 ] || [ "$(minor || echo 0)" -lt 91 ]; then
 fi
 [ "$(minor || echo 0)" -ge 91 ] || fail "/usr/bin/rustc is $(/usr/bin/rustc -V 2>&1): tract 0.23 needs >= 1.91"
 command -v "${qemu[0]}" >/dev/null || fail "qemu-aarch64-static is missing"
+# qemu-user < 8 shows the host's /proc/cpuinfo to an aarch64 guest: tract then cannot see dotprod
+# (no SDOT kernels on cortex-a76) and ONNX Runtime's cpuinfo crashes in dlopen. Debian bookworm
+# has 7.2; bookworm-backports has 10.0, which emulates /proc/cpuinfo for the chosen -cpu.
+qemu_major() { "${qemu[0]}" --version | sed -n 's/^qemu-aarch64 version \([0-9]*\)\..*/\1/p'; }
+if [ "$(qemu_major || echo 0)" -lt 8 ]; then
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    [ "$codename" = bookworm ] || fail "qemu-user $(qemu_major) < 8 and no known backports suite for '$codename': install qemu-user >= 8"
+    echo "test-aarch64: qemu-user $(qemu_major) < 8: installing qemu-user-static from bookworm-backports"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        | $sudo tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+    { $sudo apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user-static; } \
+        || fail "apt-get could not install qemu-user-static from bookworm-backports"
+    [ "$(qemu_major || echo 0)" -ge 8 ] || fail "qemu-user is still $(qemu_major) after the install"
+fi
 command -v aarch64-linux-gnu-gcc >/dev/null || fail "aarch64-linux-gnu-gcc is missing"
 echo "$(/usr/bin/rustc -V); $(aarch64-linux-gnu-gcc --version | head -n 1); $(${qemu[0]} --version | head -n 1)"
 
@@ -62,8 +80,32 @@ xcargo() {
 
 step "x86 reference CLI"
 x86="${FERRITE_CLI:-$root/target/debug/ferrite}"
-[ -x "$x86" ] || cargo build --bin ferrite
+# With the ONNX Runtime backend: the ORT parity runs compare ORT on aarch64 with ORT on x86.
+[ -n "${FERRITE_CLI:-}" ] || cargo build --bin ferrite --features ort
 "$x86" --version
+x86_ort="${ORT_DYLIB_PATH:-$(bash scripts/setup-test-env.sh | tail -n 1)}"
+
+step "ONNX Runtime for aarch64 (manylinux_2_28_aarch64 wheel, version pinned in requirements-test.txt)"
+ort_version="$(sed -n 's/^onnxruntime==//p' scripts/requirements-test.txt)"
+[ -n "$ort_version" ] || fail "no onnxruntime pin in scripts/requirements-test.txt"
+arm_ort="$root/.deps/onnxruntime-aarch64/libonnxruntime.so.$ort_version"
+if [ ! -f "$arm_ort" ]; then
+    wheels="$(mktemp -d)"
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        --platform manylinux_2_28_aarch64 --python-version 3.11 "onnxruntime==$ort_version" -d "$wheels" \
+        || fail "pip could not download the aarch64 onnxruntime $ort_version wheel"
+    mkdir -p "$(dirname "$arm_ort")"
+    python3 - "$wheels" "$arm_ort" "$ort_version" <<'EOF'
+import glob, os, sys, zipfile
+wheels, dest, version = sys.argv[1:]
+(wheel,) = glob.glob(os.path.join(wheels, "onnxruntime-*.whl"))
+with zipfile.ZipFile(wheel) as z, open(dest + ".tmp", "wb") as f:
+    f.write(z.read(f"onnxruntime/capi/libonnxruntime.so.{version}"))
+os.replace(dest + ".tmp", dest)
+EOF
+    rm -rf "$wheels"
+fi
+echo "aarch64 ONNX Runtime: $arm_ort"
 
 step "cross-build: runtime tests (tract + ort), CLI (tract), libferrite"
 xcargo test -p ferrite-runtime --features ort,npy --no-run --message-format=json > "$target_dir/runtime-tests.json" \
@@ -76,7 +118,7 @@ for line in open(sys.argv[1]):
         print(m["executable"])
 ' "$target_dir/runtime-tests.json")
 [ -n "$runtime_tests" ] || fail "no runtime test executable was built"
-xcargo build --bin ferrite --no-default-features --features tract
+xcargo build --bin ferrite --no-default-features --features tract,ort
 arm="$out_dir/ferrite"
 have_ffi=0
 if [ -f runtime/ffi/Cargo.toml ]; then
@@ -149,6 +191,14 @@ for b in "${bundles[@]}"; do
             || fail "$name on $cpu"
         compare "$out/x86.json" "$out/$cpu.json" "$out/x86.npy" "$out/$cpu.npy" "$tol" "$name ($quant, $cpu)" \
             || fail "$name on $cpu differs from x86"
+    done
+    # ONNX Runtime: the aarch64 wheel's library under qemu against the x86 wheel's (same version).
+    ORT_DYLIB_PATH="$x86_ort" "$x86" "${args[@]}" --backend ort --dump-logits "$out/x86-ort.npy" > "$out/x86-ort.json"
+    for cpu in "${cpus[@]}"; do
+        ORT_DYLIB_PATH="$arm_ort" "${qemu[@]}" -cpu "$cpu" "$arm" "${args[@]}" --backend ort \
+            --dump-logits "$out/$cpu-ort.npy" > "$out/$cpu-ort.json" || fail "$name on $cpu with ONNX Runtime"
+        compare "$out/x86-ort.json" "$out/$cpu-ort.json" "$out/x86-ort.npy" "$out/$cpu-ort.npy" "$tol" \
+            "$name ($quant, $cpu, ort)" || fail "$name on $cpu with ONNX Runtime differs from x86"
     done
 done
 
