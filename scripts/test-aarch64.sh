@@ -107,7 +107,8 @@ EOF
 fi
 echo "aarch64 ONNX Runtime: $arm_ort"
 
-step "cross-build: runtime tests (tract + ort), CLI (tract), libferrite"
+step "cross-build: runtime tests (tract + ort), CLI (tract + ort), libferrite"
+mkdir -p "$target_dir"
 xcargo test -p ferrite-runtime --features ort,npy --no-run --message-format=json > "$target_dir/runtime-tests.json" \
     || { grep -h '"rendered"' "$target_dir/runtime-tests.json" | tail -n 20 >&2; fail "cross-building the runtime's tests"; }
 runtime_tests=$(python3 -c '
@@ -242,8 +243,8 @@ done
 
 step "C examples, cross-compiled, against the x86 CLI"
 if [ "$have_ffi" -eq 1 ] && [ -f examples/c/Makefile ]; then
-    [ -f target/c-test/lstm/ferrite.json ] && [ -f target/c-test/minilm/ferrite.json ] \
-        || fail "target/c-test bundles are missing: scripts/test-c.sh makes them (run it first)"
+    [ -f target/c-test/minilm/ferrite.json ] \
+        || fail "target/c-test/minilm is missing: scripts/test-c.sh makes it (run it first)"
     for cpu in "${cpus[@]}"; do
         make -C examples/c test CC=aarch64-linux-gnu-gcc RUNNER="${qemu[*]} -cpu $cpu" VALGRIND= \
             FERRITE_LIB_DIR="$out_dir" FERRITE_CLI="$x86" BUNDLE_DIR="$root/target/c-test" \
@@ -260,23 +261,13 @@ readme_block="$(awk '/^## Deploy to a Raspberry Pi/{s=1} s && /^```sh$/{c=1; nex
 pi_home="$work/pi-home"
 rm -rf "$pi_home" && mkdir -p "$pi_home"
 cp examples/c/readme_example.c "$pi_home/app.c"
-shipped=models/shakespeare-gpt/int8
-substitute=""
-if [ ! -f "$shipped/ferrite.json" ]; then
-    # Before the shipped bundles exist: the C tests' char-level LSTM (int8) stands in under the
-    # same name, prompted with characters of its vocabulary.
-    mkdir -p "$work/stand-in/shakespeare-gpt"
-    rm -rf "$work/stand-in/shakespeare-gpt/int8"
-    cp -r target/c-test/lstm "$work/stand-in/shakespeare-gpt/int8"
-    substitute="s|$shipped|$work/stand-in/shakespeare-gpt/int8|g; s|\"ROMEO:\"|\"the cat\"|g;"
-    echo "test-aarch64: $shipped is not there yet: target/c-test/lstm stands in for it"
-fi
+[ -f models/shakespeare-gpt/int8/ferrite.json ] || fail "models/shakespeare-gpt/int8 (the README's bundle) is missing"
 script="$work/readme-deploy.sh"
 {
     echo 'set -euxo pipefail'
     echo "export FERRITE_BOARD_PROFILE=$profile FERRITE_DIST='$work/dist'"
     echo "cd '$root'"
-    printf '%s\n' "$readme_block" | sed -e "$substitute" \
+    printf '%s\n' "$readme_block" | sed \
         -e "s|^scp \(.*\) pi@raspberrypi.local:$|cp '$work/dist/'\$(basename \1) '$pi_home/' \&\& cd '$pi_home'|" \
         -e "s|^\./|${qemu[*]} -cpu cortex-a72 ./|" \
         -e "s|^cc |aarch64-linux-gnu-gcc |"

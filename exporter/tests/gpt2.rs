@@ -90,3 +90,31 @@ fn quantised_bundles_are_valid_and_close() {
         check_with_python(&bundle, None);
     }
 }
+
+#[test]
+fn a_tied_head_shares_the_token_table() {
+    // GPT-2's lm_head is wte: every scheme stores the table once, in the head's layout (no
+    // `lm_head.*` initializer), and the embedding gathers from it. Numerics: the tests above.
+    use prost::Message;
+    let src = golden("gpt2");
+    let tmp = tempfile::tempdir().unwrap();
+    let (vocab, d) = (64, 32);
+    for quant in [QuantScheme::Fp32, QuantScheme::Fp16, QuantScheme::Int8, QuantScheme::Q4] {
+        let (bundle, _) = export_to(&src, tmp.path(), quant);
+        let bytes = std::fs::read(bundle.join("model.onnx")).unwrap();
+        let model = tract_onnx::pb::ModelProto::decode(&*bytes).unwrap();
+        let inits = &model.graph.as_ref().unwrap().initializer;
+        let names: Vec<&str> = inits.iter().map(|t| t.name.as_str()).collect();
+        assert!(!names.iter().any(|n| n.starts_with("lm_head")), "{}: {names:?}", quant.name());
+        // The table's codes/values: exactly vocab × d elements (packed two per byte under q4).
+        let table: i64 = inits
+            .iter()
+            .filter(|t| {
+                t.name.starts_with("wte.weight") && t.dims.iter().product::<i64>() >= (vocab * d / 2) as i64
+            })
+            .map(|t| t.dims.iter().product::<i64>())
+            .sum();
+        let expected = if quant == QuantScheme::Q4 { vocab * d / 2 } else { vocab * d };
+        assert_eq!(table, expected as i64, "{}: {names:?}", quant.name());
+    }
+}

@@ -47,8 +47,15 @@ pub struct Gpt2 {
     wpe: Vec<f32>,
     blocks: Vec<Block>,
     ln_f: Norm,
-    lm_head: Vec<f32>,
+    /// `lm_head.weight` `[vocab, d]` of an untied model; `None` when the head is `wte`.
+    lm_head: Option<Vec<f32>>,
     special: BTreeMap<String, i64>,
+}
+
+/// The LM head while building the graph: the token table itself, or the model's own matrix.
+enum Head<'a> {
+    Tied(quant::TiedTable),
+    Own(&'a [f32]),
 }
 
 impl Gpt2 {
@@ -105,7 +112,6 @@ impl Gpt2 {
             })
             .collect::<Result<Vec<_>>>()?;
         let ln_f = Norm::load(&ckpt, "ln_f", d)?;
-        let lm_head = untied_head.unwrap_or_else(|| wte.clone());
         let mut special = BTreeMap::new();
         for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
             if let Some(id) = cfg.get(key).and_then(Value::as_i64) {
@@ -123,7 +129,7 @@ impl Gpt2 {
             wpe,
             blocks,
             ln_f,
-            lm_head,
+            lm_head: untied_head,
             special,
         })
     }
@@ -189,7 +195,15 @@ impl Architecture for Gpt2 {
         let future = g.op("Greater", &[&krow, &qcol], vec![]);
         let masked = g.scalar_f32(f32::MIN);
 
-        let tok = quant::embedding(&mut g, scheme, "wte.weight", [self.vocab, d], &self.wte, &ids);
+        // A tied head (the usual GPT-2) shares the token table: stored once, in the head's layout.
+        let head = match &self.lm_head {
+            Some(w) => Head::Own(w),
+            None => Head::Tied(quant::tied_table(&mut g, scheme, "wte.weight", [self.vocab, d], &self.wte)),
+        };
+        let tok = match &head {
+            Head::Tied(table) => quant::tied_embedding(&mut g, table, &ids),
+            Head::Own(_) => quant::embedding(&mut g, scheme, "wte.weight", [self.vocab, d], &self.wte, &ids),
+        };
         let pe = quant::embedding(&mut g, scheme, "wpe.weight", [self.positions, d], &self.wpe, &pos);
         let mut x = g.op("Add", &[&tok, &pe], vec![]);
 
@@ -233,8 +247,13 @@ impl Architecture for Gpt2 {
             presents.push((k, v));
         }
         let x = self.ln_f.apply(&mut g, &x, self.eps);
-        let head = Linear { name: "lm_head", weight: &self.lm_head, out: self.vocab, inp: d, bias: None };
-        let logits = quant::linear(&mut g, scheme, &x, &head)?;
+        let logits = match head {
+            Head::Tied(table) => quant::tied_head(&mut g, &table, &x),
+            Head::Own(w) => {
+                let head = Linear { name: "lm_head", weight: w, out: self.vocab, inp: d, bias: None };
+                quant::linear(&mut g, scheme, &x, &head)?
+            }
+        };
         g.output(
             &logits,
             "logits",

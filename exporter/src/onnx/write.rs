@@ -21,8 +21,10 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const DATA_FILE: &str = "model.onnx.data";
 /// Alignment of every tensor inside [`DATA_FILE`].
 pub const EXTERNAL_ALIGN: u64 = 4096;
-/// Tensors smaller than this are stored inline in the protobuf.
-const INLINE_MAX: usize = 1024;
+/// Tensors smaller than this are stored inline in the protobuf: below a page, the padding to
+/// the next aligned offset would cost more than the tensor (scales, biases and column sums of a
+/// small quantised model were a tenth of its data file), and nothing is gained by mapping it.
+const INLINE_MAX: usize = EXTERNAL_ALIGN as usize;
 
 fn entry(key: &str, value: impl ToString) -> pb::StringStringEntryProto {
     pb::StringStringEntryProto { key: key.to_string(), value: value.to_string() }

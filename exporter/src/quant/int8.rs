@@ -95,6 +95,20 @@ pub fn widened_rows(g: &mut GraphBuilder, name: &str, dims: [usize; 3], data: &[
 /// `Σ_i (q_i − z)·w_io = (q·W)_o − z·Σ_i w_io`, with the column sums of the int8 codes stored as
 /// an int32 initializer. Only ops both backends run with int32 (`Mul`, `Sub`, `Cast`).
 pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
+    let w = store(g, layer);
+    matmul_stored(g, x, &w)
+}
+
+/// A dense layer's weight as [`matmul_per_token`] stores it: int8 codes `[inp, out]`
+/// (MatMulInteger's B), f32 scales `[out]` and the int32 column sums of the codes `[out]`.
+pub struct StoredWeight {
+    codes: String,
+    scales: String,
+    column_sums: String,
+}
+
+/// Quantises `layer`'s weight per output channel and stores it (see [`StoredWeight`]).
+pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
     let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
     let column_sums: Vec<i32> = (0..layer.out)
         .map(|o| codes[o * layer.inp..(o + 1) * layer.inp].iter().map(|&c| c as i32).sum())
@@ -106,6 +120,26 @@ pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> St
         &[layer.out],
         column_sums.iter().flat_map(|v| v.to_le_bytes()).collect(),
     );
+    StoredWeight { codes: w, scales: ws, column_sums: sums }
+}
+
+/// Rows `ids` (`[batch, sequence]`) of the `[out, inp]` matrix whose codes `w` stores, as f32
+/// `[batch, sequence, inp]`: the embedding side of a table tied to an LM head. The codes are
+/// stored `[inp, out]`, so this gathers columns and moves the feature axis last; each row's
+/// scale is its output channel's. Both backends run these ops on any index values.
+pub fn gather_columns(g: &mut GraphBuilder, w: &StoredWeight, ids: &str) -> String {
+    let q = g.op("Gather", &[&w.codes, ids], vec![("axis", Attr::Int(1))]);
+    let q = g.op("Transpose", &[&q], vec![("perm", Attr::Ints(vec![1, 2, 0]))]);
+    let q = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
+    let s = g.op("Gather", &[&w.scales, ids], vec![("axis", Attr::Int(0))]);
+    let last = g.const_i64(&[-1]);
+    let s = g.op("Unsqueeze", &[&s, &last], vec![]);
+    g.op("Mul", &[&q, &s], vec![])
+}
+
+/// `x · Wᵀ` for a weight already stored by [`store`] (the per-token scheme of
+/// [`matmul_per_token`]).
+pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String {
     let last_axis = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
     let zero = g.scalar_f32(0.0);
     let lo = g.op("ReduceMin", &[x], last_axis());
@@ -129,11 +163,11 @@ pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> St
     let hi_code = g.scalar_f32(255.0);
     let q = g.op("Clip", &[&q, &lo_code, &hi_code], vec![]);
     let q = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::U8.code() as i64))]);
-    let acc = g.op("MatMulInteger", &[&q, &w], vec![]);
+    let acc = g.op("MatMulInteger", &[&q, &w.codes], vec![]);
     let zp_i = g.op("Cast", &[&zp], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
-    let correction = g.op("Mul", &[&zp_i, &sums], vec![]);
+    let correction = g.op("Mul", &[&zp_i, &w.column_sums], vec![]);
     let acc = g.op("Sub", &[&acc, &correction], vec![]);
     let acc = g.op("Cast", &[&acc], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
     let acc = g.op("Mul", &[&acc, &scale], vec![]);
-    g.op("Mul", &[&acc, &ws], vec![])
+    g.op("Mul", &[&acc, &w.scales], vec![])
 }

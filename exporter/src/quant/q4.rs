@@ -28,8 +28,18 @@ fn quantise_block(block: &[f32]) -> (f32, [u8; BLOCK / 2]) {
     (scale, packed)
 }
 
-/// `x · Wᵀ` through `MatMulNBits`; `layer.inp` must be a multiple of [`BLOCK`].
-pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
+/// A dense layer's weight as [`matmul`] stores it: packed codes `[out, inp/32, 16]` (two codes
+/// per byte, low nibble first, MatMulNBits' B) and f32 scales `[out · inp/32]`.
+pub struct StoredBlocks {
+    codes: String,
+    scales: String,
+    out: usize,
+    inp: usize,
+}
+
+/// Quantises `layer`'s weight in blocks of 32 and stores it; `layer.inp` must be a multiple of
+/// [`BLOCK`].
+pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredBlocks {
     let blocks = layer.inp / BLOCK;
     let mut codes = Vec::with_capacity(layer.out * blocks * BLOCK / 2);
     let mut scales = Vec::with_capacity(layer.out * blocks);
@@ -47,16 +57,68 @@ pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
         codes,
     );
     let s = g.init_f32(&format!("{}.weight_q4_scale", layer.name), &[layer.out * blocks], &scales);
+    StoredBlocks { codes: b, scales: s, out: layer.out, inp: layer.inp }
+}
+
+/// `x · Wᵀ` through `MatMulNBits`; `layer.inp` must be a multiple of [`BLOCK`].
+pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
+    let w = store(g, layer);
+    matmul_stored(g, x, &w)
+}
+
+/// `x · Wᵀ` for a weight already stored by [`store`].
+pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredBlocks) -> String {
     g.op_ms(
         "MatMulNBits",
-        &[x, &b, &s],
+        &[x, &w.codes, &w.scales],
         vec![
-            ("K", Attr::Int(layer.inp as i64)),
-            ("N", Attr::Int(layer.out as i64)),
+            ("K", Attr::Int(w.inp as i64)),
+            ("N", Attr::Int(w.out as i64)),
             ("bits", Attr::Int(4)),
             ("block_size", Attr::Int(BLOCK as i64)),
         ],
     )
+}
+
+/// Rows `ids` (`[batch, sequence]`) of the `[out, inp]` matrix stored by [`store`], as f32
+/// `[batch, sequence, inp]`: the embedding side of a table tied to an LM head, read from the
+/// head's own blocks. Byte `i` of a block holds codes `2i` (low nibble) and `2i + 1` (high), so
+/// the unpacked nibbles are interleaved back with `Unsqueeze` + `Concat` on a new last axis.
+pub fn gather_rows(g: &mut GraphBuilder, w: &StoredBlocks, ids: &str) -> String {
+    let blocks = w.inp / BLOCK;
+    let to_f32 = vec![("to", Attr::Int(ElemType::F32.code() as i64))];
+    let b = g.op("Gather", &[&w.codes, ids], vec![("axis", Attr::Int(0))]);
+    let b = g.op("Cast", &[&b], to_f32);
+    let (lo, hi) = split_nibbles(g, &b);
+    let last = g.const_i64(&[-1]);
+    let lo = g.op("Unsqueeze", &[&lo, &last], vec![]);
+    let hi = g.op("Unsqueeze", &[&hi, &last], vec![]);
+    let codes = g.op("Concat", &[&lo, &hi], vec![("axis", Attr::Int(-1))]);
+    let eight = g.scalar_f32(8.0);
+    let centred = g.op("Sub", &[&codes, &eight], vec![]);
+    let block_view = g.const_i64(&[-1, blocks as i64, BLOCK as i64]);
+    let centred = g.op("Reshape", &[&centred, &block_view], vec![]);
+    let table_scales = g.const_i64(&[w.out as i64, blocks as i64]);
+    let scales = g.op("Reshape", &[&w.scales, &table_scales], vec![]);
+    let s = g.op("Gather", &[&scales, ids], vec![("axis", Attr::Int(0))]);
+    let scale_view = g.const_i64(&[-1, blocks as i64, 1]);
+    let s = g.op("Reshape", &[&s, &scale_view], vec![]);
+    let y = g.op("Mul", &[&centred, &s], vec![]);
+    let ids_shape = g.op("Shape", &[ids], vec![]);
+    let width = g.const_i64(&[w.inp as i64]);
+    let out_shape = g.op("Concat", &[&ids_shape, &width], vec![("axis", Attr::Int(0))]);
+    g.op("Reshape", &[&y, &out_shape], vec![])
+}
+
+/// The low and high nibbles of f32 values holding bytes: `hi = floor(b/16)`, `lo = b − 16·hi`.
+fn split_nibbles(g: &mut GraphBuilder, b: &str) -> (String, String) {
+    let sixteenth = g.scalar_f32(1.0 / 16.0);
+    let hi = g.op("Mul", &[b, &sixteenth], vec![]);
+    let hi = g.op("Floor", &[&hi], vec![]);
+    let sixteen = g.scalar_f32(16.0);
+    let hi16 = g.op("Mul", &[&hi, &sixteen], vec![]);
+    let lo = g.op("Sub", &[b, &hi16], vec![]);
+    (lo, hi)
 }
 
 /// Rows `ids` of an embedding table `[rows, cols]` in 4-bit blocks of 32 along the row (same
@@ -90,12 +152,7 @@ pub fn gather(g: &mut GraphBuilder, name: &str, rows: usize, cols: usize, data: 
     let to_f32 = vec![("to", Attr::Int(ElemType::F32.code() as i64))];
     let b = g.op("Gather", &[&table, ids], vec![("axis", Attr::Int(0))]);
     let b = g.op("Cast", &[&b], to_f32.clone());
-    let sixteenth = g.scalar_f32(1.0 / 16.0);
-    let hi = g.op("Mul", &[&b, &sixteenth], vec![]);
-    let hi = g.op("Floor", &[&hi], vec![]);
-    let sixteen = g.scalar_f32(16.0);
-    let hi16 = g.op("Mul", &[&hi, &sixteen], vec![]);
-    let lo = g.op("Sub", &[&b, &hi16], vec![]);
+    let (lo, hi) = split_nibbles(g, &b);
     let codes = g.op("Concat", &[&lo, &hi], vec![("axis", Attr::Int(-1))]);
     let eight = g.scalar_f32(8.0);
     let centred = g.op("Sub", &[&codes, &eight], vec![]);
