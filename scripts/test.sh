@@ -32,8 +32,10 @@ cargo test --workspace --features "$features"
 
 step "C API" && bash scripts/test-c.sh
 
-# Not yet in CI: scripts/test-aarch64.sh (cross-built runtime tests + parity + C examples under
-# qemu) has not completed a run yet (issue 7); run it by hand: bash scripts/test-aarch64.sh
+# aarch64 under qemu-user: the runtime's tests cross-built, tract and ONNX Runtime parity with
+# this x86 CLI on every bundle, the C examples, and `boards/build rpi4` + the README's deploy
+# lines (installs the cross toolchain with apt when missing). Uses target/c-test from the C step.
+step "aarch64 (qemu-user)" && FERRITE_CLI="$PWD/target/debug/ferrite" bash scripts/test-aarch64.sh
 
 # The fuzz smoke needs cargo-fuzz and a release fuzz build (tens of minutes cold on 2 cores), so
 # it is opt-in until CI caches fuzz/target: FERRITE_FUZZ_SMOKE=1 bash scripts/test.sh (issue 9).
