@@ -291,31 +291,33 @@ def plots(out: Path, enc: dict, curves: dict) -> None:
         plot_decoder(plt, out, curves)
 
 
-def plot_encoder(plt, out: Path, enc: dict) -> None:
+def save_plot(plt, out: Path, name: str, series, xlabel: str, ylabel: str, title: str, **line) -> None:
+    """One PNG of labelled (xs, ys) series, as BENCHMARKS.md embeds them."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, row in enc.items():
-        ax.plot(SEQ_LENS, [row[s] for s in SEQ_LENS], marker="o", label=label)
-    ax.set_xlabel("sequence length")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("all-MiniLM-L6-v2, batch 1")
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label, **line)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "minilm-latency-vs-seq.png", dpi=110)
-    print(f"plot: {out}/minilm-latency-vs-seq.png")
+    fig.savefig(out / name, dpi=110)
+    print(f"plot: {out}/{name}")
+
+
+def plot_encoder(plt, out: Path, enc: dict) -> None:
+    series = {label: (SEQ_LENS, [row[s] for s in SEQ_LENS]) for label, row in enc.items()}
+    save_plot(plt, out, "minilm-latency-vs-seq.png", series, "sequence length", "latency (ms)",
+              "all-MiniLM-L6-v2, batch 1", marker="o")
 
 
 def plot_decoder(plt, out: Path, curves: dict) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, c in curves.items():
-        xs = list(range(c["first_position"], c["first_position"] + len(c["median_ms"])))
-        ax.plot(xs, c["median_ms"], label=label, linewidth=1)
-    ax.set_xlabel("position (tokens in context)")
-    ax.set_ylabel("decode step (ms)")
-    ax.set_title("models/shakespeare-gpt decode step latency")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gpt-decode-vs-position.png", dpi=110)
-    print(f"plot: {out}/gpt-decode-vs-position.png")
+    series = {
+        label: (list(range(c["first_position"], c["first_position"] + len(c["median_ms"]))), c["median_ms"])
+        for label, c in curves.items()
+    }
+    save_plot(plt, out, "gpt-decode-vs-position.png", series, "position (tokens in context)",
+              "decode step (ms)", "models/shakespeare-gpt decode step latency", linewidth=1)
 
 
 def main() -> None:
