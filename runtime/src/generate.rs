@@ -96,9 +96,8 @@ impl Generation {
 /// gives) or shared ownership (`Arc<Bundle>`, for handles that outlive a stack frame, as the C API's).
 pub struct Generator<B: Deref<Target = Bundle>> {
     bundle: B,
+    /// The state inputs (LSTM h/c, KV cache) are carried inside the session between steps.
     session: Session,
-    /// (input name, output name, current value) for every state input.
-    state: Vec<(String, String, Tensor)>,
     position: usize,
     vocab: usize,
     logits: Vec<f32>,
@@ -126,8 +125,7 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
             )));
         }
         let session = bundle.plan().session()?;
-        let mut g =
-            Generator { bundle, session, state: Vec::new(), position: 0, vocab, logits: vec![0.0; vocab] };
+        let mut g = Generator { bundle, session, position: 0, vocab, logits: vec![0.0; vocab] };
         g.reset()?;
         Ok(g)
     }
@@ -135,7 +133,6 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
     /// Forgets the sequence: zero LSTM state / empty KV cache, position 0.
     pub fn reset(&mut self) -> Result<()> {
         let arch = self.bundle.architecture();
-        let mut state = Vec::new();
         for input in &self.bundle.plan().info().inputs {
             if input.name == "input_ids" {
                 continue;
@@ -164,9 +161,10 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
                     input.name
                 )));
             }
-            state.push((input.name.clone(), out, Tensor::new(shape, vec![0f32; n])?));
+            let zeros = Tensor::new(shape, vec![0f32; n])?;
+            // The backend keeps the state between steps: no copy through ferrite tensors.
+            self.session.carry(&input.name, &out, zeros.view())?;
         }
-        self.state = state;
         self.position = 0;
         Ok(())
     }
@@ -215,20 +213,7 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
         }
         let input_ids =
             Tensor::new(vec![1, ids.len()], ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>())?;
-        let mut inputs = Vec::with_capacity(self.state.len() + 1);
-        inputs.push(("input_ids", input_ids.view()));
-        for (name, _, t) in &self.state {
-            inputs.push((name.as_str(), t.view()));
-        }
-        let outputs = self.session.run(&inputs)?;
-        let mut outputs = outputs.into_vec();
-        for (_, out, value) in &mut self.state {
-            let i = outputs
-                .iter()
-                .position(|(n, _)| n == out)
-                .ok_or_else(|| Error::InvalidModel(format!("the model has no state output `{out}`")))?;
-            *value = outputs.swap_remove(i).1;
-        }
+        let mut outputs = self.session.step(&[("input_ids", input_ids.view())])?.into_vec();
         let i = outputs
             .iter()
             .position(|(n, _)| n == "logits")

@@ -189,11 +189,15 @@ impl Architecture for Gpt2 {
         let kpos = g.op("Range", &[&zero_i, &t, &one_i], vec![]);
         let ax0 = g.const_i64(&[0]);
         let ax1 = g.const_i64(&[1]);
-        let krow = g.op("Unsqueeze", &[&kpos, &ax0], vec![]);
-        let qcol = g.op("Unsqueeze", &[&pos, &ax1], vec![]);
-        // [S, T]: true where the key lies in the query's future.
-        let future = g.op("Greater", &[&krow, &qcol], vec![]);
+        let kcol = g.op("Unsqueeze", &[&kpos, &ax1], vec![]);
+        let qrow = g.op("Unsqueeze", &[&pos, &ax0], vec![]);
+        // [T, S]: true where the key lies in the query's future. Attention runs keys-major (see
+        // below), so this is the transposed causal mask, turned once into an additive bias that
+        // every layer shares (an Add is cheaper than a per-layer Where in tract).
+        let future = g.op("Greater", &[&kcol, &qrow], vec![]);
         let masked = g.scalar_f32(f32::MIN);
+        let unmasked = g.scalar_f32(0.0);
+        let causal_bias = g.op("Where", &[&future, &masked, &unmasked], vec![]);
 
         // A tied head (the usual GPT-2) shares the token table: stored once, in the head's layout.
         let head = match &self.lm_head {
@@ -211,6 +215,7 @@ impl Architecture for Gpt2 {
         let to_heads = g.const_i64(&[0, 0, h as i64, hd as i64]);
         let from_heads = g.const_i64(&[0, 0, d as i64]);
         let mut presents = Vec::new();
+        let mut full_bias: Option<String> = None;
         for (l, (block, (past_k, past_v))) in self.blocks.iter().zip(&past).enumerate() {
             let a = block.ln_1.apply(&mut g, &x, self.eps);
             let qkv = block.c_attn.apply(&mut g, scheme, &a)?;
@@ -224,18 +229,36 @@ impl Architecture for Gpt2 {
                 .collect();
             let k = g.op("Concat", &[past_k, &heads[1]], vec![("axis", Attr::Int(2))]);
             let v = g.op("Concat", &[past_v, &heads[2]], vec![("axis", Attr::Int(2))]);
-            let kt = g.op("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
-            let scores = g.op("MatMul", &[&heads[0], &kt], vec![]);
+            // Keys-major attention: scores are [B, heads, T, S] = K · Qᵀ, and the context is
+            // [B, heads, D, S] = Vᵀ · probs. With S = 1 (a decode step) both products have the
+            // long dim (T, or D) as rows and one column, which tract runs with its matrix-vector
+            // kernel; the usual Q · Kᵀ puts the single query on the rows, and tract pads that
+            // row to its 64-row kernel (measured: attention at position 200 cost 6× more).
             let mut scale = 1.0 / (hd as f32).sqrt();
             if self.inverse_layer_scale {
                 scale /= (l + 1) as f32;
             }
             let scale = g.scalar_f32(scale);
+            let qt = g.op("Transpose", &[&heads[0]], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+            let scores = g.op("MatMul", &[&k, &qt], vec![]);
             let scores = g.op("Mul", &[&scores, &scale], vec![]);
-            let scores = g.op("Where", &[&future, &masked, &scores], vec![]);
-            let probs = g.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
-            let ctx = g.op("MatMul", &[&probs, &v], vec![]);
-            let ctx = g.op("Transpose", &[&ctx], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+            // Expanded once to the scores' full shape, then shared: tract's Add between equal
+            // shapes is a vectorised loop, its broadcasting Add/Where a slow generic one.
+            let bias = match &full_bias {
+                Some(b) => b.clone(),
+                None => {
+                    let shape = g.op("Shape", &[&scores], vec![]);
+                    let b = g.op("Expand", &[&causal_bias, &shape], vec![]);
+                    full_bias = Some(b.clone());
+                    b
+                }
+            };
+            let scores = g.op("Add", &[&scores, &bias], vec![]);
+            let probs = g.op("Softmax", &[&scores], vec![("axis", Attr::Int(-2))]);
+            let vt = g.op("Transpose", &[&v], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+            let ctx_t = g.op("MatMul", &[&vt, &probs], vec![]);
+            // [B, heads, D, S] → [B, S, heads, D]
+            let ctx = g.op("Transpose", &[&ctx_t], vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))]);
             let ctx = g.op("Reshape", &[&ctx, &from_heads], vec![]);
             let attn = block.attn_proj.apply(&mut g, scheme, &ctx)?;
             x = g.op("Add", &[&x, &attn], vec![]);

@@ -117,9 +117,32 @@ pub(crate) trait PreparedModel: Send + Sync {
 }
 
 /// One session's mutable state on a backend.
+///
+/// Besides plain runs, a state can *hold* values in the backend's own tensor type between runs
+/// (a KV cache, LSTM h/c): an output fed back as the next run's input then never passes through
+/// ferrite's [`Tensor`] (no copy out, no copy back in).
 pub(crate) trait BackendState: Send {
-    /// Runs with inputs in the model's input order; returns outputs in the model's output order.
-    fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>>;
+    /// Runs with inputs in the model's input order, `None` meaning "the value held for this
+    /// input". Output `j` with `carry[j] == Some(i)` becomes the held value of input `i` and comes
+    /// back as `None`; every other output is returned, in the model's output order.
+    fn run(
+        &mut self,
+        inputs: &[Option<TensorView<'_>>],
+        carry: &[Option<usize>],
+    ) -> Result<Vec<Option<Tensor>>>;
+    /// Makes `value` (copied) the held value of input `input`.
+    fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()>;
+    /// Shape of the value held for input `input`, if any.
+    fn held_shape(&self, input: usize) -> Option<Vec<usize>>;
+    /// A copy of the value held for input `input`.
+    fn held(&self, input: usize) -> Result<Tensor>;
+}
+
+/// Looks up a held value, with the error every backend gives when there is none.
+pub(crate) fn held_slot<T>(held: &[Option<T>], input: usize) -> Result<&T> {
+    held.get(input)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| crate::Error::InvalidInput(format!("input #{input} has no value held in the backend")))
 }
 
 pub(crate) fn prepare(model: &Model, options: &Options) -> Result<Box<dyn PreparedModel>> {

@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session as OrtSession, SessionInputValue};
-use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 
-use super::{BackendState, Options, PreparedModel};
+use super::{BackendState, Options, PreparedModel, held_slot};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
@@ -150,14 +150,32 @@ impl PreparedModel for OrtModel {
             session: self.session.clone(),
             input_names: self.input_names.clone(),
             output_names: self.output_names.clone(),
+            held: (0..self.input_names.len()).map(|_| None).collect(),
         }))
     }
 }
 
+/// Values held between runs (KV cache, LSTM h/c) stay ONNX Runtime values: an output is moved
+/// into `held` and passed back by reference as the next run's input, never copied.
 struct OrtState {
     session: std::sync::Arc<Mutex<OrtSession>>,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    held: Vec<Option<DynValue>>,
+}
+
+/// An owned ONNX Runtime tensor with a copy of `view`'s data.
+fn to_ort_owned(view: &TensorView<'_>) -> Result<DynValue> {
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    let err = |e: ort::Error| backend_err("building a held tensor", e);
+    Ok(match view.data() {
+        TensorDataView::F32(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+        TensorDataView::F16(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+        TensorDataView::I64(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+        TensorDataView::I32(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+        TensorDataView::U8(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+        TensorDataView::I8(d) => OrtTensor::from_array((shape, d.to_vec())).map_err(err)?.into_dyn(),
+    })
 }
 
 /// Wraps the caller's buffer without copying: ONNX Runtime reads it in place.
@@ -204,14 +222,64 @@ fn from_ort(value: &DynValue) -> Result<Tensor> {
 }
 
 impl BackendState for OrtState {
-    fn run(&mut self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+    fn run(
+        &mut self,
+        inputs: &[Option<TensorView<'_>>],
+        carry: &[Option<usize>],
+    ) -> Result<Vec<Option<Tensor>>> {
         let mut values = Vec::with_capacity(inputs.len());
-        for (name, view) in self.input_names.iter().zip(inputs) {
-            values.push((name.as_str(), to_ort(view)?));
+        for (i, (name, input)) in self.input_names.iter().zip(inputs).enumerate() {
+            let value: SessionInputValue<'_> = match input {
+                Some(view) => to_ort(view)?,
+                None => held_slot(&self.held, i)?.into(),
+            };
+            values.push((name.as_str(), value));
         }
         let mut session =
             self.session.lock().map_err(|_| backend_err("running", "a previous run panicked"))?;
-        let outputs = session.run(values).map_err(|e| backend_err("running the session", e))?;
-        self.output_names.iter().map(|name| from_ort(&outputs[name.as_str()])).collect()
+        let mut outputs = session.run(values).map_err(|e| backend_err("running the session", e))?;
+        let mut returned = Vec::with_capacity(self.output_names.len());
+        let mut kept = Vec::new();
+        for (j, name) in self.output_names.iter().enumerate() {
+            match carry.get(j).copied().flatten() {
+                Some(i) if i < self.held.len() => {
+                    let value = outputs
+                        .remove(name.as_str())
+                        .ok_or_else(|| backend_err("reading an output", format!("no output `{name}`")))?;
+                    kept.push((i, value));
+                    returned.push(None);
+                }
+                Some(i) => return Err(backend_err("holding an output", format!("no input #{i}"))),
+                None => returned.push(Some(from_ort(&outputs[name.as_str()])?)),
+            }
+        }
+        drop(outputs);
+        drop(session);
+        for (i, value) in kept {
+            self.held[i] = Some(value);
+        }
+        Ok(returned)
+    }
+
+    fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()> {
+        let owned = to_ort_owned(value)?;
+        let slot = self
+            .held
+            .get_mut(input)
+            .ok_or_else(|| backend_err("holding a value", format!("no input #{input}")))?;
+        *slot = Some(owned);
+        Ok(())
+    }
+
+    fn held_shape(&self, input: usize) -> Option<Vec<usize>> {
+        let value = self.held.get(input)?.as_ref()?;
+        match value.dtype() {
+            ValueType::Tensor { shape, .. } => Some(shape.iter().map(|&d| d.max(0) as usize).collect()),
+            _ => None,
+        }
+    }
+
+    fn held(&self, input: usize) -> Result<Tensor> {
+        from_ort(held_slot(&self.held, input)?)
     }
 }
