@@ -92,15 +92,17 @@ pub fn widened_rows(g: &mut GraphBuilder, name: &str, dims: [usize; 3], data: &[
 /// leaves half of its 256 levels unused (measured on all-MiniLM-L6-v2, see the exporter README).
 ///
 /// The row's zero point `z` is folded out after the integer product, exactly, in int32:
-/// `Σ_i (q_i − z)·w_io = (q·W)_o − z·Σ_i w_io`, with the column sums of the int8 codes stored as
-/// an int32 initializer. Only ops both backends run with int32 (`Mul`, `Sub`, `Cast`).
+/// `Σ_i (q_i − z)·w_io = (q·W)_o − z·Σ_i w_io`, with the int32 column sums of the int8 codes
+/// (`ReduceSum` of the codes, a constant both backends fold at load). Only ops both backends
+/// run with int32 (`Mul`, `Sub`, `Cast`, `ReduceSum`).
 pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
     let w = store(g, layer);
     matmul_stored(g, x, &w)
 }
 
 /// A dense layer's weight as [`matmul_per_token`] stores it: int8 codes `[inp, out]`
-/// (MatMulInteger's B), f32 scales `[out]` and the int32 column sums of the codes `[out]`.
+/// (MatMulInteger's B), f32 scales `[out]` and the int32 column sums of the codes `[out]`
+/// (computed in the graph from the codes, folded at load).
 pub struct StoredWeight {
     codes: String,
     scales: String,
@@ -110,16 +112,12 @@ pub struct StoredWeight {
 /// Quantises `layer`'s weight per output channel and stores it (see [`StoredWeight`]).
 pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
     let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
-    let column_sums: Vec<i32> = (0..layer.out)
-        .map(|o| codes[o * layer.inp..(o + 1) * layer.inp].iter().map(|&c| c as i32).sum())
-        .collect();
     let (w, ws) = weight(g, layer, &codes, &scales);
-    let sums = g.init_bytes(
-        &format!("{}.weight_q_column_sum", layer.name),
-        ElemType::I32,
-        &[layer.out],
-        column_sums.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    );
+    // Derived from the codes in the graph rather than stored: both backends fold this constant
+    // subgraph once at load, and the file is 4 bytes per output channel smaller.
+    let wide = g.op("Cast", &[&w], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
+    let rows = g.const_i64(&[0]);
+    let sums = g.op("ReduceSum", &[&wide, &rows], vec![("keepdims", Attr::Int(0))]);
     StoredWeight { codes: w, scales: ws, column_sums: sums }
 }
 

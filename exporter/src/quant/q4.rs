@@ -1,9 +1,13 @@
 //! `q4`: 4-bit symmetric blocks of 32 weights along the input dimension (com.microsoft
 //! `MatMulNBits`, bits 4, block 32), the only non-standard op ferrite exports.
 //!
-//! Each block stores one f32 scale and 32 codes in 0..=15 with an implicit zero point of 8 —
+//! Each block stores one f16 scale and 32 codes in 0..=15 with an implicit zero point of 8 —
 //! exactly llama.cpp's Q4_0, the layout tract keeps packed in memory. The scale is chosen so the
-//! block's largest-magnitude weight maps to code 0 (value -8·scale), using the full 16 levels.
+//! block's largest-magnitude weight maps to code 0 (value -8·scale), using the full 16 levels, and
+//! rounded to f16 before the codes are computed (tract's Q4_0 packer keeps f16 scales anyway, so
+//! both backends now see the same weights). `MatMulNBits` wants scales of the activations' type
+//! (f32): they are stored f16 and widened by a `Cast` both backends fold at load — half the scale
+//! bytes on disk (the scales are 1/8 of a q4 file).
 //! Activations stay f32: this scheme saves memory and bandwidth, not arithmetic. Embedding tables
 //! use the same blocks, unpacked after the gather ([`gather`]).
 
@@ -18,7 +22,8 @@ pub const BLOCK: usize = 32;
 /// Quantises one block: (scale, 16 packed bytes, low nibble first).
 fn quantise_block(block: &[f32]) -> (f32, [u8; BLOCK / 2]) {
     let max = block.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let scale = max / -8.0;
+    // Rounded to what f16 stores (saturating: |max| > 8·65504 is not a trained weight).
+    let scale = f16::from_f32((max / -8.0).clamp(-f16::MAX.to_f32(), f16::MAX.to_f32())).to_f32();
     let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     let mut packed = [0u8; BLOCK / 2];
     for (i, v) in block.iter().enumerate() {
@@ -29,7 +34,8 @@ fn quantise_block(block: &[f32]) -> (f32, [u8; BLOCK / 2]) {
 }
 
 /// A dense layer's weight as [`matmul`] stores it: packed codes `[out, inp/32, 16]` (two codes
-/// per byte, low nibble first, MatMulNBits' B) and f32 scales `[out · inp/32]`.
+/// per byte, low nibble first, MatMulNBits' B) and scales `[out · inp/32]` (f16 on disk, the
+/// name held here is their f32 `Cast`).
 pub struct StoredBlocks {
     codes: String,
     scales: String,
@@ -56,7 +62,14 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredBlocks {
         &[layer.out, blocks, BLOCK / 2],
         codes,
     );
-    let s = g.init_f32(&format!("{}.weight_q4_scale", layer.name), &[layer.out * blocks], &scales);
+    let scale_bytes = scales.iter().flat_map(|&s| f16::from_f32(s).to_le_bytes()).collect();
+    let s = g.init_bytes(
+        &format!("{}.weight_q4_scale", layer.name),
+        ElemType::F16,
+        &[layer.out * blocks],
+        scale_bytes,
+    );
+    let s = g.op("Cast", &[&s], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
     StoredBlocks { codes: b, scales: s, out: layer.out, inp: layer.inp }
 }
 
