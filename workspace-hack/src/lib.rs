@@ -1,0 +1,1 @@
+//! Feature alignment only: see this crate's Cargo.toml. There is no code here.
