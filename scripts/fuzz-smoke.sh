@@ -1,34 +1,55 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ briefly (CI smoke; default 20 s each, FUZZ_SECONDS to
-# change, at most 60 in CI). Longer runs: FUZZ_SECONDS=1800 bash scripts/fuzz-smoke.sh.
+# Runs every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (default 20).
 #
+#   FUZZ_PROFILE=dev bash scripts/fuzz-smoke.sh      # CI smoke: unoptimised build (~5 min cold on
+#                                                    # 2 cores instead of tens of minutes), 20 s each
+#   FUZZ_SECONDS=1800 bash scripts/fuzz-smoke.sh     # the long runs (release build, the default)
+#   FUZZ_TARGETS="c_api" FUZZ_RUNS=1000000 ...       # some targets; stop after N executions too
+#   FUZZ_LOG_DIR=/tmp/logs ...                       # keep each target's libFuzzer log
+#
+# Both profiles keep debug assertions and overflow checks on (`--dev` has them; release adds -a).
 # cargo fuzz needs nightly-only rustc flags; on the stable toolchain RUSTC_BOOTSTRAP=1 allows
-# them (measured: stable 1.95 builds and runs these targets). No sanitizer (-s none): the targets
-# look for panics, overflows (debug assertions on, -a), hangs (-timeout) and big allocations
-# (-malloc_limit_mb), and the runtime's only unsafe code is one mmap. Installs cargo-fuzz if missing.
+# them (stable 1.95 builds and runs these targets). No sanitizer (-s none): the targets look for
+# panics, overflows, hangs (-timeout) and big allocations (-rss_limit_mb), and the only unsafe
+# code they reach is the C API's (checked under Miri, see RELIABILITY.md) and one mmap.
+# Installs cargo-fuzz if missing. Build output: fuzz/target only; new corpus units go to
+# fuzz/corpus/<target> (git-ignored), crashes to fuzz/artifacts/<target>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-20}"
+profile="${FUZZ_PROFILE:-release}"
+case "$profile" in
+  dev) flags=(--dev -s none) ;;
+  release) flags=(-O -s none -a) ;;
+  *) echo "FUZZ_PROFILE must be dev or release, not $profile" >&2; exit 2 ;;
+esac
+read -r -a targets <<<"${FUZZ_TARGETS:-model_open bundle_manifest tokenizer c_api}"
+runs=()
+if [ -n "${FUZZ_RUNS:-}" ]; then runs=(-runs="$FUZZ_RUNS"); fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
-targets=(model_open bundle_manifest tokenizer)
-(cd fuzz && cargo fuzz build -s none -a)
+(cd fuzz && cargo fuzz build "${flags[@]}")
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
+if [ -n "${FUZZ_LOG_DIR:-}" ]; then mkdir -p "$FUZZ_LOG_DIR"; fi
 for t in "${targets[@]}"; do
   corpus="fuzz/corpus/$t"
   mkdir -p "$corpus"
-  log="$scratch/$t.log"
-  echo "fuzz $t: ${seconds}s"
-  if ! (cd fuzz && FERRITE_FUZZ_SCRATCH="$scratch" cargo fuzz run -s none -a "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$seconds" -timeout=10 -malloc_limit_mb=2048 -rss_limit_mb=4096 \
+  log="${FUZZ_LOG_DIR:-$scratch}/$t.log"
+  echo "fuzz $t ($profile): ${seconds}s"
+  start=$(date +%s)
+  if ! (cd fuzz && FERRITE_FUZZ_SCRATCH="$scratch" cargo fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+        -max_total_time="$seconds" "${runs[@]}" -timeout=10 -malloc_limit_mb=2048 -rss_limit_mb=4096 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1); then
     tail -n 40 "$log"
     echo "fuzz $t: FAILED (crash input in fuzz/artifacts/$t/)" >&2
     exit 1
   fi
-  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb" "$log" | sed "s/^/  $t /"
+  echo "  $t wall_s: $(( $(date +%s) - start ))"
+  grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)" "$log" \
+    | sed "s/^/  $t /"
+  grep -E "^#[0-9]+ +DONE" "$log" | sed "s/^/  $t /" || true
 done

@@ -42,6 +42,12 @@
 #define FERRITE_ABI_VERSION 1
 
 /**
+ * Most compute threads `ferrite_open_params.threads` accepts (tract starts them all when the
+ * model is opened).
+ */
+#define FERRITE_MAX_THREADS 256
+
+/**
  * Most dimensions a tensor passed through the C API has.
  */
 #define FERRITE_MAX_RANK 8
@@ -266,7 +272,8 @@ typedef struct ferrite_open_params {
    */
   int32_t backend;
   /**
-   * Compute threads per run; 0 is taken as 1. Default 1.
+   * Compute threads per run; 0 is taken as 1, more than `FERRITE_MAX_THREADS` is
+   * `FERRITE_ERR_INVALID_ARGUMENT`. Default 1.
    */
   uint32_t threads;
   /**

@@ -45,7 +45,8 @@ pub struct ferrite_open_params {
     pub struct_size: usize,
     /// A `ferrite_backend` value. Default `FERRITE_BACKEND_TRACT`.
     pub backend: i32,
-    /// Compute threads per run; 0 is taken as 1. Default 1.
+    /// Compute threads per run; 0 is taken as 1, more than `FERRITE_MAX_THREADS` is
+    /// `FERRITE_ERR_INVALID_ARGUMENT`. Default 1.
     pub threads: u32,
     /// Bundles only: non-zero checks every file's sha256 against `ferrite.json` before loading
     /// (`FERRITE_ERR_HASH_MISMATCH` on a difference). Default 1.
@@ -76,6 +77,10 @@ impl Default for ferrite_open_params {
     }
 }
 
+/// Most compute threads `ferrite_open_params.threads` accepts (tract starts them all when the
+/// model is opened).
+pub const FERRITE_MAX_THREADS: u32 = 256;
+
 /// Default options: tract, 1 thread, hashes verified, ONNX Runtime found by its search order.
 #[unsafe(no_mangle)]
 pub extern "C" fn ferrite_open_default_params() -> ferrite_open_params {
@@ -94,6 +99,14 @@ unsafe fn run_options(p: *const ferrite_open_params) -> FfiResult<(Options, bool
         1 => BackendKind::Ort,
         other => return Err(Fail::invalid(format!("`params->backend` is {other}: not a ferrite_backend"))),
     };
+    if p.threads > FERRITE_MAX_THREADS {
+        // tract starts a thread pool of this size at open: 4 billion would be 65 535 threads
+        // (rayon's cap), each with its own stack.
+        return Err(Fail::invalid(format!(
+            "`params->threads` is {}: at most {FERRITE_MAX_THREADS}",
+            p.threads
+        )));
+    }
     let mut options =
         Options::default().backend(backend).threads(p.threads as usize).ort_prepacking(p.ort_prepacking != 0);
     if !p.ort_library.is_null() {

@@ -11,6 +11,8 @@
 mod bundle;
 mod embedder;
 mod generator;
+#[cfg(test)]
+mod misuse_tests;
 mod session;
 mod status;
 mod util;
