@@ -6,6 +6,9 @@
 #   FUZZ_SECONDS=1800 bash scripts/fuzz-smoke.sh     # the long runs (release build, the default)
 #   FUZZ_TARGETS="c_api" FUZZ_RUNS=1000000 ...       # some targets; stop after N executions too
 #   FUZZ_LOG_DIR=/tmp/logs ...                       # keep each target's libFuzzer log
+#   FUZZ_TIMEOUT=120 ...                             # per-input limit in s (default 10): raise it
+#                                                    # for runs at nice 19 beside other work, where
+#                                                    # a 0.2 s input can wait > 10 s for a CPU
 #
 # Both profiles keep debug assertions and overflow checks on (`--dev` has them; release adds -a).
 # cargo fuzz needs nightly-only rustc flags; on the stable toolchain RUSTC_BOOTSTRAP=1 allows
@@ -42,7 +45,7 @@ for t in "${targets[@]}"; do
   echo "fuzz $t ($profile): ${seconds}s"
   start=$(date +%s)
   if ! (cd fuzz && FERRITE_FUZZ_SCRATCH="$scratch" cargo fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$seconds" "${runs[@]}" -timeout=10 -malloc_limit_mb=2048 -rss_limit_mb=4096 \
+        -max_total_time="$seconds" "${runs[@]}" -timeout="${FUZZ_TIMEOUT:-10}" -malloc_limit_mb=2048 -rss_limit_mb=4096 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1); then
     tail -n 40 "$log"
     echo "fuzz $t: FAILED (crash input in fuzz/artifacts/$t/)" >&2

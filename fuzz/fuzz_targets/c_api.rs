@@ -155,7 +155,8 @@ fn cache() -> &'static Cached {
         // and tokenizers that way). Restore the default hook: a panic that escapes still fails
         // the run, and one the C API caught shows up as FERRITE_ERR_INTERNAL (checked).
         let _ = std::panic::take_hook();
-        let mut c = Cached { bundles: Vec::new(), bundle_info: Vec::new(), models: Vec::new(), model_io: Vec::new() };
+        let mut c =
+            Cached { bundles: Vec::new(), bundle_info: Vec::new(), models: Vec::new(), model_io: Vec::new() };
         for (i, rel) in BUNDLES.iter().enumerate() {
             let mut b = null_mut();
             // SAFETY: valid C string, NULL params, writable out.
@@ -178,7 +179,12 @@ fn cache() -> &'static Cached {
             let mut m = null_mut();
             // SAFETY: valid C string, NULL params, writable out.
             let s = unsafe { ferrite_model_open(path(rel).as_ptr(), null(), &mut m) };
-            assert_eq!(s == FERRITE_OK, i < REAL_MODELS - 1, "opening {}: {s:?}", String::from_utf8_lossy(rel));
+            assert_eq!(
+                s == FERRITE_OK,
+                i < REAL_MODELS - 1,
+                "opening {}: {s:?}",
+                String::from_utf8_lossy(rel)
+            );
             c.model_io.push(if m.is_null() { Vec::new() } else { model_io(m) });
             c.models.push(m as usize);
         }
@@ -214,7 +220,13 @@ fn cstr_owned(p: *const c_char) -> &'static CStr {
 }
 
 fn io_info() -> ferrite_io_info {
-    ferrite_io_info { struct_size: size_of::<ferrite_io_info>(), name: null(), dtype: -1, rank: -1, shape: [0; 8] }
+    ferrite_io_info {
+        struct_size: size_of::<ferrite_io_info>(),
+        name: null(),
+        dtype: -1,
+        rank: -1,
+        shape: [0; 8],
+    }
 }
 
 // --- the slot table --------------------------------------------------------------------------
@@ -310,7 +322,9 @@ impl StructBuf {
         assert!(size_of::<T>() <= 128 && align_of::<T>() <= 8);
         let mut buf = Box::new(StructBuf([0; 128]));
         // SAFETY: `T` fits in the buffer (asserted); plain bytes are copied.
-        unsafe { std::ptr::copy_nonoverlapping((&raw const value).cast::<u8>(), buf.0.as_mut_ptr(), size_of::<T>()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping((&raw const value).cast::<u8>(), buf.0.as_mut_ptr(), size_of::<T>())
+        };
         let size = match u.int_in_range(0..=9u8)? {
             0 => 0,
             1 => size_of::<usize>(),
@@ -520,14 +534,17 @@ fn destroy_slot<T>(
 fn bundle_info(u: &mut Unstructured, st: &mut State) -> Result<()> {
     let i = slot(u)?;
     let b = bundle_ptr(st, i);
-    let mut buf = StructBuf::new(u, ferrite_bundle_info {
-        struct_size: 0,
-        architecture: -7,
-        has_tokenizer: -7,
-        vocab_size: 7,
-        context_length: 7,
-        eos_id: -7,
-    })?;
+    let mut buf = StructBuf::new(
+        u,
+        ferrite_bundle_info {
+            struct_size: 0,
+            architecture: -7,
+            has_tokenizer: -7,
+            vocab_size: 7,
+            context_length: 7,
+            eos_id: -7,
+        },
+    )?;
     let size = buf.size();
     let p = maybe_null::<ferrite_bundle_info>(u, &mut buf)?;
     // SAFETY: NULL or a live bundle; NULL or a buffer of >= struct_size (<= 128) writable bytes.
@@ -580,7 +597,10 @@ fn tokenize(u: &mut Unstructured, st: &mut State) -> Result<()> {
         FERRITE_OK => {
             assert!(len <= cap, "tokenize: len {len} > capacity {cap}");
             let vocab = vocab_of(st, i);
-            assert!(ids[..len].iter().all(|&id| (id as usize) < vocab), "tokenize: id outside the vocabulary");
+            assert!(
+                ids[..len].iter().all(|&id| (id as usize) < vocab),
+                "tokenize: id outside the vocabulary"
+            );
             assert!(ids[len..].iter().all(|&id| id == u32::MAX), "tokenize wrote past len");
         }
         FERRITE_ERR_BUFFER_TOO_SMALL => {
@@ -750,7 +770,15 @@ fn run_generate(g: *mut ferrite_generator, c: &mut GenerateCall) -> GenerateOutc
             ferrite_generator_generate(g, c.prompt_text.as_ptr(), params, callback, user_data, result_ptr)
         } else {
             let ids = if c.prompt_ids.is_empty() { null() } else { c.prompt_ids.as_ptr() };
-            ferrite_generator_generate_ids(g, ids, c.prompt_ids.len(), params, callback, user_data, result_ptr)
+            ferrite_generator_generate_ids(
+                g,
+                ids,
+                c.prompt_ids.len(),
+                params,
+                callback,
+                user_data,
+                result_ptr,
+            )
         }
     });
     check_gen_error(g, status);
@@ -773,7 +801,10 @@ fn run_generate(g: *mut ferrite_generator, c: &mut GenerateCall) -> GenerateOutc
         ids.truncate(len);
         out.ids = ids;
     } else if !c.result_null {
-        assert!(result.0[size_of::<usize>()..].iter().all(|&b| b == 0xAB), "generate wrote a result on failure");
+        assert!(
+            result.0[size_of::<usize>()..].iter().all(|&b| b == 0xAB),
+            "generate wrote a result on failure"
+        );
     }
     out
 }
@@ -1029,7 +1060,11 @@ fn model_io_calls(u: &mut Unstructured, st: &mut State) -> Result<()> {
     let (null_i, null_o) = (u.ratio(1, 4)?, u.ratio(1, 4)?);
     // SAFETY: NULL or a live model; NULL or writable counts.
     let s = check("ferrite_model_io_count", unsafe {
-        ferrite_model_io_count(m, if null_i { null_mut() } else { &mut ni }, if null_o { null_mut() } else { &mut no })
+        ferrite_model_io_count(
+            m,
+            if null_i { null_mut() } else { &mut ni },
+            if null_o { null_mut() } else { &mut no },
+        )
     });
     assert_eq!(s == FERRITE_OK, !m.is_null());
     let is_output: i32 = u.arbitrary()?;
@@ -1044,7 +1079,8 @@ fn model_io_calls(u: &mut Unstructured, st: &mut State) -> Result<()> {
     if s == FERRITE_OK {
         let kind = st.models[i].as_ref().unwrap().kind;
         let info: ferrite_io_info = buf.read();
-        let list: Vec<&Io> = cache().model_io[kind].iter().filter(|io| io.is_output == (is_output != 0)).collect();
+        let list: Vec<&Io> =
+            cache().model_io[kind].iter().filter(|io| io.is_output == (is_output != 0)).collect();
         let io = list.get(index).expect("model_io succeeded with an index out of range");
         assert_eq!(cstr_owned(info.name), io.name.as_c_str());
         assert_eq!(info.dtype, io.dtype);
@@ -1102,7 +1138,8 @@ impl Mem {
         let mut buf = vec![0u64; (len + 1).div_ceil(8)];
         if fill {
             // SAFETY: u64 memory viewed as bytes.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 8) };
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 8) };
             let n = u.int_in_range(0..=64usize)?;
             let src = u.bytes(n.min(u.len()))?;
             if !src.is_empty() {
@@ -1160,8 +1197,9 @@ fn session_run(u: &mut Unstructured, st: &mut State) -> Result<()> {
             0 => u.int_in_range(0..=12)?,
             _ => declared.map_or(1, |d| d.shape.len()),
         };
-        let shape: Vec<usize> =
-            (0..rank).map(|r| dim(u, declared.and_then(|d| d.shape.get(r).copied()))).collect::<Result<_>>()?;
+        let shape: Vec<usize> = (0..rank)
+            .map(|r| dim(u, declared.and_then(|d| d.shape.get(r).copied())))
+            .collect::<Result<_>>()?;
         let elem = usize::try_from(dtype).ok().and_then(|d| DTYPE_SIZES.get(d).copied()).unwrap_or(4);
         let exact = shape.iter().try_fold(elem, |a, &d| a.checked_mul(d));
         // The data buffer always holds `byte_size` bytes: the API may trust it.
@@ -1233,7 +1271,13 @@ fn session_run(u: &mut Unstructured, st: &mut State) -> Result<()> {
             assert!(o.rank <= 8, "output rank {}", o.rank);
             let elem = DTYPE_SIZES[usize::try_from(o.dtype).unwrap()];
             let bytes = o.shape[..o.rank].iter().try_fold(elem, |a, &d| a.checked_mul(d));
-            assert_eq!(bytes, Some(o.byte_size), "output shape {:?} vs byte_size {}", &o.shape[..o.rank], o.byte_size);
+            assert_eq!(
+                bytes,
+                Some(o.byte_size),
+                "output shape {:?} vs byte_size {}",
+                &o.shape[..o.rank],
+                o.byte_size
+            );
             if s == FERRITE_OK {
                 assert!(o.byte_size <= o.byte_capacity);
             }
@@ -1339,6 +1383,10 @@ fuzz_target!(|data: &[u8]| {
     let calls = started.elapsed();
     drop(st);
     if trace() {
-        eprintln!("input: calls {:.1} ms, cleanup {:.1} ms", calls.as_secs_f64() * 1e3, (started.elapsed() - calls).as_secs_f64() * 1e3);
+        eprintln!(
+            "input: calls {:.1} ms, cleanup {:.1} ms",
+            calls.as_secs_f64() * 1e3,
+            (started.elapsed() - calls).as_secs_f64() * 1e3
+        );
     }
 });
