@@ -15,8 +15,11 @@
 # them (stable 1.95 builds and runs these targets). No sanitizer (-s none): the targets look for
 # panics, overflows, hangs (-timeout) and big allocations (-rss_limit_mb), and the only unsafe
 # code they reach is the C API's (checked under Miri, see RELIABILITY.md) and one mmap.
-# Installs cargo-fuzz if missing. Build output: fuzz/target only; new corpus units go to
-# fuzz/corpus/<target> (git-ignored), crashes to fuzz/artifacts/<target>.
+# Installs cargo-fuzz if missing. Build output: fuzz/target only; crashes go to
+# fuzz/artifacts/<target>. Release runs start from and grow fuzz/corpus/<target> (git-ignored);
+# dev runs (the smoke) start from the seeds alone in a temporary corpus (FUZZ_CORPUS=keep to use
+# fuzz/corpus): libFuzzer first replays every unit it is given, whatever -max_total_time says,
+# and a grown corpus of a few thousand units takes minutes in the unoptimised build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-20}"
@@ -39,12 +42,16 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 if [ -n "${FUZZ_LOG_DIR:-}" ]; then mkdir -p "$FUZZ_LOG_DIR"; fi
 for t in "${targets[@]}"; do
-  corpus="fuzz/corpus/$t"
+  if [ "$profile" = release ] || [ "${FUZZ_CORPUS:-}" = keep ]; then
+    corpus="$PWD/fuzz/corpus/$t"
+  else
+    corpus="$scratch/corpus/$t"
+  fi
   mkdir -p "$corpus"
   log="${FUZZ_LOG_DIR:-$scratch}/$t.log"
   echo "fuzz $t ($profile): ${seconds}s"
   start=$(date +%s)
-  if ! (cd fuzz && FERRITE_FUZZ_SCRATCH="$scratch" cargo fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+  if ! (cd fuzz && FERRITE_FUZZ_SCRATCH="$scratch" cargo fuzz run "${flags[@]}" "$t" "$corpus" "seeds/$t" -- \
         -max_total_time="$seconds" "${runs[@]}" -timeout="${FUZZ_TIMEOUT:-10}" -malloc_limit_mb=2048 -rss_limit_mb=4096 \
         -max_len=65536 -print_final_stats=1 >"$log" 2>&1); then
     tail -n 40 "$log"
