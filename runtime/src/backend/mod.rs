@@ -138,6 +138,16 @@ pub(crate) trait BackendState: Send {
     fn held(&self, input: usize) -> Result<Tensor>;
 }
 
+/// Stores `value` as the held value of input `input`, with the error every backend gives for an
+/// input index the model does not have.
+pub(crate) fn set_held<T>(held: &mut [Option<T>], input: usize, value: T) -> Result<()> {
+    let slot = held.get_mut(input).ok_or_else(|| {
+        crate::Error::InvalidInput(format!("input #{input} does not exist: nothing to hold"))
+    })?;
+    *slot = Some(value);
+    Ok(())
+}
+
 /// Looks up a held value, with the error every backend gives when there is none.
 pub(crate) fn held_slot<T>(held: &[Option<T>], input: usize) -> Result<&T> {
     held.get(input)

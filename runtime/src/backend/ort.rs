@@ -12,7 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 
-use super::{BackendState, Options, PreparedModel, held_slot};
+use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
@@ -262,13 +262,7 @@ impl BackendState for OrtState {
     }
 
     fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()> {
-        let owned = to_ort_owned(value)?;
-        let slot = self
-            .held
-            .get_mut(input)
-            .ok_or_else(|| backend_err("holding a value", format!("no input #{input}")))?;
-        *slot = Some(owned);
-        Ok(())
+        set_held(&mut self.held, input, to_ort_owned(value)?)
     }
 
     fn held_shape(&self, input: usize) -> Option<Vec<usize>> {

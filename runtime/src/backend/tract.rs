@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::{InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, tvec};
 use tract_onnx::tract_core::internal::DatumType;
 
-use super::{BackendState, Options, PreparedModel, held_slot};
+use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
@@ -217,12 +217,7 @@ impl BackendState for TractState {
     }
 
     fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()> {
-        let slot = self
-            .held
-            .get_mut(input)
-            .ok_or_else(|| backend_err("holding a value", format!("no input #{input}")))?;
-        *slot = Some(to_tract(value)?.into());
-        Ok(())
+        set_held(&mut self.held, input, to_tract(value)?.into())
     }
 
     fn held_shape(&self, input: usize) -> Option<Vec<usize>> {
