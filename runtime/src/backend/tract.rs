@@ -92,6 +92,12 @@ fn executor(threads: usize) -> Result<Option<tract_onnx::tract_core::tract_linal
     if threads <= 1 {
         return Ok(Some(Executor::SingleThread));
     }
+    // A pool of this size starts now, each thread with its own stack: refuse absurd counts
+    // (the C API's FERRITE_MAX_THREADS is the same bound).
+    const MAX_THREADS: usize = 256;
+    if threads > MAX_THREADS {
+        return Err(Error::ResourceLimit(format!("{threads} compute threads (at most {MAX_THREADS})")));
+    }
     // Built here rather than by Executor::multithread, which panics when a pool cannot be made.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
