@@ -25,6 +25,10 @@ pub struct RunFlags {
     /// (binary: 512M = 512 MiB). A board's budget is in boards/BOARD.toml.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,
+    /// tract only: run an int8 file's per-token quantisation as the file's standard ONNX nodes
+    /// instead of ferrite's two fused ops (same outputs; for measuring what the fusion buys).
+    #[arg(long)]
+    pub tract_unfused: bool,
 }
 
 /// `1048576`, `1024K`, `512M`, `1G` (binary multiples).
@@ -42,7 +46,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 impl RunFlags {
     pub fn options(&self) -> Options {
-        let mut o = Options::default().backend(self.backend).threads(self.threads);
+        let mut o = Options::default()
+            .backend(self.backend)
+            .threads(self.threads)
+            .tract_fused_int8(!self.tract_unfused);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
         }

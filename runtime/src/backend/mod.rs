@@ -14,6 +14,8 @@ use crate::tensor::{Tensor, TensorView};
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
+#[cfg(feature = "tract")]
+mod tract_fuse;
 
 /// Which engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +71,10 @@ pub struct Options {
     /// Most bytes preparing and running the model may take, by [`crate::budget::estimate`];
     /// over it, preparing fails with `ResourceLimit` before the backend allocates (no limit: `None`).
     pub memory_budget: Option<u64>,
+    /// On tract, run the exporter's per-token int8 quantisation subgraphs as two fused ops of
+    /// ferrite's own (bit-identical outputs, fewer nodes per matmul; see
+    /// `backend/tract_fuse.rs`). On by default; off runs the file's standard nodes one by one.
+    pub tract_fused_int8: bool,
 }
 
 impl Default for Options {
@@ -79,6 +85,7 @@ impl Default for Options {
             ort_library: None,
             ort_prepacking: true,
             memory_budget: None,
+            tract_fused_int8: true,
         }
     }
 }
@@ -102,6 +109,11 @@ impl Options {
     /// Turns ONNX Runtime's weight prepacking on or off.
     pub fn ort_prepacking(mut self, on: bool) -> Self {
         self.ort_prepacking = on;
+        self
+    }
+    /// Turns tract's fused int8 quantisation ops on or off (see [`Options::tract_fused_int8`]).
+    pub fn tract_fused_int8(mut self, on: bool) -> Self {
+        self.tract_fused_int8 = on;
         self
     }
     /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.

@@ -53,11 +53,22 @@ impl TractModel {
     }
 
     fn prepare_checked(model: &Model, options: &Options) -> Result<TractModel> {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
         if let Some(op) = model.info().ops.keys().find(|op| !onnx.op_register.0.contains_key(bare_op(op))) {
             return Err(Error::UnsupportedOp { op: op.clone(), backend: NAME });
         }
-        let proto = model.proto()?;
+        let mut proto = model.proto()?;
+        if options.tract_fused_int8 {
+            super::tract_fuse::register(&mut onnx);
+            let fused = super::tract_fuse::fuse_row_quantisation(&mut proto);
+            if fused != Default::default() {
+                log::debug!(
+                    "tract: fused {} row quantisations and {} dequantisations",
+                    fused.quantize,
+                    fused.dequantize
+                );
+            }
+        }
         let dir = model.dir().to_str();
         let parsed = onnx.parse(&proto, dir).map_err(|e| invalid("parsing the graph", e))?;
         drop(proto);
@@ -79,6 +90,14 @@ impl TractModel {
         check_interface(model, &plan)?;
         Ok(TractModel { plan })
     }
+}
+
+/// The tract plan ferrite's backend would run for the file at `path` (developer tools:
+/// `runtime/examples/tract_profile.rs` times its nodes one by one).
+#[doc(hidden)]
+pub fn plan_for_profiling(path: &std::path::Path, options: &Options) -> Result<Arc<TypedRunnableModel>> {
+    let model = Model::open(path)?;
+    Ok(TractModel::prepare(&model, options)?.plan)
 }
 
 /// The registry is keyed by op type alone; ferrite names non-default-domain ops `domain.Op`.

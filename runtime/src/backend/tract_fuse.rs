@@ -1,0 +1,643 @@
+//! Fused per-token int8 quantisation for tract: two ops of ferrite's own, put in place of the
+//! standard-ONNX subgraphs the exporter writes around every int8 `MatMulInteger`.
+//!
+//! The exporter's int8 scheme (exporter/src/quant/int8.rs, `matmul_stored`) quantises each
+//! activation row to uint8 with its own scale and zero point, and folds the zero point out of the
+//! int32 product afterwards. In standard ONNX that is 15 element-wise/reduce nodes before the
+//! matmul and 6 after it, which both backends run — but tract evaluates each node on its own
+//! (dispatch, an output allocation, a pass over the data), and at a decode step, where every
+//! tensor is one row, those ~21 nodes per matmul cost more than the int8 matmul saves
+//! (measured: docs/runtime.md, "Session 5: fused int8 quantisation").
+//!
+//! Before tract parses a ferrite-exported file, [`fuse_row_quantisation`] rewrites the in-memory
+//! protobuf (the file, and what ONNX Runtime sees, are unchanged):
+//! - quantise: `ReduceMin/ReduceMax → Min/Max with 0 → Sub → Max(MIN_POSITIVE) → Mul(1/255)`
+//!   (scale), `Neg → Div → Round` (zero point), `Div → Round → Add → Clip(0, 255) → Cast(u8)`
+//!   (codes) becomes one [`RowQuantize`] node with those three outputs;
+//! - dequantise: `Cast(zp → i32) → Mul(column sums) → Sub from the product → Cast(f32) →
+//!   Mul(row scale) → Mul(weight scales)` becomes one [`RowDequantize`] node.
+//!
+//! Each fused op computes exactly the arithmetic of the nodes it replaces, in the same order and
+//! with the same f32 operations (division, not a multiplied reciprocal; ties-to-even rounding),
+//! so tract's outputs are bit-identical with and without fusion (tests/fused_int8.rs). A pattern
+//! is only replaced when every intermediate value is used inside it alone, the constants are
+//! exactly the exporter's, and the file says it was written by ferrite's exporter.
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::{
+    Expansion, Solver, TensorProxy, check_input_arity, check_output_arity, expand,
+};
+
+/// Op type of the fused quantisation node (registered in tract's ONNX op registry only).
+pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";
+/// Op type of the fused dequantisation node.
+pub(crate) const ROW_DEQUANTIZE: &str = "FerriteRowDequantize";
+const DOMAIN: &str = "ai.ferrite";
+
+/// ONNX `TensorProto.DataType` codes used by the patterns.
+const ONNX_FLOAT: i64 = 1;
+const ONNX_UINT8: i64 = 2;
+const ONNX_INT32: i64 = 6;
+
+/// Registers both fused ops with a tract ONNX parser.
+pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
+    onnx.op_register.insert(ROW_QUANTIZE, |_, _| Ok((expand(RowQuantizeExpansion), vec![])));
+    onnx.op_register.insert(ROW_DEQUANTIZE, |_, _| Ok((expand(RowDequantizeExpansion), vec![])));
+}
+
+/// How many subgraphs [`fuse_row_quantisation`] replaced.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fused {
+    pub quantize: usize,
+    pub dequantize: usize,
+}
+
+/// Rewrites the exporter's per-token quantisation subgraphs of a ferrite-exported model into the
+/// fused ops (see the module docs). Other files are left untouched.
+pub(crate) fn fuse_row_quantisation(model: &mut ModelProto) -> Fused {
+    if !model.producer_name.starts_with("ferrite") {
+        return Fused::default();
+    }
+    let Some(graph) = model.graph.as_mut() else { return Fused::default() };
+    // Subgraphs (If/Loop/Scan bodies) could read values by name from here: leave such files alone.
+    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
+        return Fused::default();
+    }
+    let mut fused = Fused::default();
+    loop {
+        let index = GraphIndex::new(graph);
+        let found = (0..graph.node.len()).find_map(|i| {
+            match_quantize(&index, graph, i)
+                .map(|m| (m, true))
+                .or_else(|| match_dequantize(&index, graph, i).map(|m| (m, false)))
+        });
+        let Some((m, is_quantize)) = found else { break };
+        apply(graph, m);
+        if is_quantize {
+            fused.quantize += 1;
+        } else {
+            fused.dequantize += 1;
+        }
+    }
+    fused
+}
+
+/// One matched pattern: the nodes it removes and the node that replaces them, inserted at the
+/// position of the first removed node.
+struct Match {
+    remove: Vec<usize>,
+    insert_at: usize,
+    node: NodeProto,
+}
+
+fn apply(graph: &mut GraphProto, m: Match) {
+    let mut keep = vec![true; graph.node.len()];
+    for &i in &m.remove {
+        keep[i] = false;
+    }
+    let mut nodes = Vec::with_capacity(graph.node.len() + 1 - m.remove.len());
+    for (i, node) in std::mem::take(&mut graph.node).into_iter().enumerate() {
+        if i == m.insert_at {
+            nodes.push(m.node.clone());
+        }
+        if keep[i] {
+            nodes.push(node);
+        }
+    }
+    graph.node = nodes;
+}
+
+/// Who produces and how many read each value name.
+struct GraphIndex<'g> {
+    producer: HashMap<&'g str, usize>,
+    uses: HashMap<&'g str, usize>,
+    initializer: HashMap<&'g str, &'g pb::TensorProto>,
+}
+
+impl<'g> GraphIndex<'g> {
+    fn new(graph: &'g GraphProto) -> GraphIndex<'g> {
+        let mut producer = HashMap::new();
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            for o in &node.output {
+                producer.insert(o.as_str(), i);
+            }
+            for inp in &node.input {
+                *uses.entry(inp.as_str()).or_default() += 1;
+            }
+        }
+        for o in &graph.output {
+            *uses.entry(o.name.as_str()).or_default() += 1;
+        }
+        let initializer = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        GraphIndex { producer, uses, initializer }
+    }
+
+    fn uses(&self, name: &str) -> usize {
+        self.uses.get(name).copied().unwrap_or(0)
+    }
+
+    /// The node producing `name` if it is an `op` node with `inputs` inputs and one output.
+    fn node<'a>(
+        &self,
+        graph: &'a GraphProto,
+        name: &str,
+        op: &str,
+        inputs: usize,
+    ) -> Option<(usize, &'a NodeProto)> {
+        let i = *self.producer.get(name)?;
+        let n = &graph.node[i];
+        (n.op_type == op && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1)
+            .then_some((i, n))
+    }
+
+    /// `name` is an f32 scalar initializer holding exactly `value`.
+    fn is_scalar(&self, name: &str, value: f32) -> bool {
+        let Some(t) = self.initializer.get(name) else { return false };
+        if t.data_type != ONNX_FLOAT as i32 || !t.dims.iter().all(|&d| d == 1) || t.data_location == Some(1) {
+            return false;
+        }
+        let v = match (t.float_data.as_slice(), t.raw_data.as_slice()) {
+            ([v], []) => *v,
+            ([], raw) if raw.len() == 4 => f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
+            _ => return false,
+        };
+        v.to_bits() == value.to_bits()
+    }
+}
+
+fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+fn ints_attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [i64]> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.as_slice())
+}
+
+/// `Reduce{Min,Max}(x, axes = [-1], keepdims = 1)`.
+fn last_axis_reduce(n: &NodeProto) -> bool {
+    n.attribute.len() == 2 && ints_attr(n, "axes") == Some(&[-1]) && int_attr(n, "keepdims") == Some(1)
+}
+
+fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
+    let cast = &g.node[at];
+    if cast.op_type != "Cast" || !cast.domain.is_empty() || int_attr(cast, "to") != Some(ONNX_UINT8) {
+        return None;
+    }
+    let (clip_i, clip) = ix.node(g, cast.input.first()?, "Clip", 3)?;
+    if !ix.is_scalar(&clip.input[1], 0.0) || !ix.is_scalar(&clip.input[2], 255.0) {
+        return None;
+    }
+    let (add_i, add) = ix.node(g, &clip.input[0], "Add", 2)?;
+    let (round_q_i, round_q) = ix.node(g, &add.input[0], "Round", 1)?;
+    let (div_q_i, div_q) = ix.node(g, &round_q.input[0], "Div", 2)?;
+    let (x, scale) = (&div_q.input[0], &div_q.input[1]);
+    let (zp_i, zp) = ix.node(g, &add.input[1], "Round", 1)?;
+    let (div_zp_i, div_zp) = ix.node(g, &zp.input[0], "Div", 2)?;
+    if &div_zp.input[1] != scale {
+        return None;
+    }
+    let (neg_i, neg) = ix.node(g, &div_zp.input[0], "Neg", 1)?;
+    let lo = &neg.input[0];
+    let (scale_i, scale_n) = ix.node(g, scale, "Mul", 2)?;
+    if !ix.is_scalar(&scale_n.input[1], 1.0 / 255.0) {
+        return None;
+    }
+    let (range2_i, range2) = ix.node(g, &scale_n.input[0], "Max", 2)?;
+    if !ix.is_scalar(&range2.input[1], f32::MIN_POSITIVE) {
+        return None;
+    }
+    let (range_i, range) = ix.node(g, &range2.input[0], "Sub", 2)?;
+    if &range.input[1] != lo {
+        return None;
+    }
+    let (hi_i, hi) = ix.node(g, &range.input[0], "Max", 2)?;
+    let (lo_i, lo_n) = ix.node(g, lo, "Min", 2)?;
+    if !ix.is_scalar(&hi.input[1], 0.0) || !ix.is_scalar(&lo_n.input[1], 0.0) {
+        return None;
+    }
+    let (rmax_i, rmax) = ix.node(g, &hi.input[0], "ReduceMax", 1)?;
+    let (rmin_i, rmin) = ix.node(g, &lo_n.input[0], "ReduceMin", 1)?;
+    if &rmax.input[0] != x || &rmin.input[0] != x || !last_axis_reduce(rmax) || !last_axis_reduce(rmin) {
+        return None;
+    }
+    // Every intermediate is read only inside the pattern (lo twice: Sub and Neg).
+    let private = [
+        (&rmin.output[0], 1),
+        (&lo_n.output[0], 2),
+        (&rmax.output[0], 1),
+        (&hi.output[0], 1),
+        (&range.output[0], 1),
+        (&range2.output[0], 1),
+        (&neg.output[0], 1),
+        (&div_zp.output[0], 1),
+        (&div_q.output[0], 1),
+        (&round_q.output[0], 1),
+        (&add.output[0], 1),
+        (&clip.output[0], 1),
+    ];
+    if private.iter().any(|(name, n)| ix.uses(name) != *n) {
+        return None;
+    }
+    let remove = vec![
+        at, clip_i, add_i, round_q_i, div_q_i, zp_i, div_zp_i, neg_i, scale_i, range2_i, range_i, hi_i, lo_i,
+        rmax_i, rmin_i,
+    ];
+    let insert_at = *remove.iter().min()?;
+    let node = NodeProto {
+        name: format!("{}.fused_quantize", cast.name),
+        op_type: ROW_QUANTIZE.into(),
+        domain: DOMAIN.into(),
+        input: vec![x.clone()],
+        output: vec![cast.output[0].clone(), scale.clone(), zp.output[0].clone()],
+        ..Default::default()
+    };
+    Some(Match { remove, insert_at, node })
+}
+
+fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
+    let out = &g.node[at];
+    if out.op_type != "Mul" || !out.domain.is_empty() || out.input.len() != 2 || out.output.len() != 1 {
+        return None;
+    }
+    let (m1_i, m1) = ix.node(g, &out.input[0], "Mul", 2)?;
+    let (castf_i, castf) = ix.node(g, &m1.input[0], "Cast", 1)?;
+    if int_attr(castf, "to") != Some(ONNX_FLOAT) {
+        return None;
+    }
+    let (sub_i, sub) = ix.node(g, &castf.input[0], "Sub", 2)?;
+    ix.node(g, &sub.input[0], "MatMulInteger", 2)?;
+    let (corr_i, corr) = ix.node(g, &sub.input[1], "Mul", 2)?;
+    let (zpi_i, zpi) = ix.node(g, &corr.input[0], "Cast", 1)?;
+    if int_attr(zpi, "to") != Some(ONNX_INT32) {
+        return None;
+    }
+    let private = [&m1.output[0], &castf.output[0], &sub.output[0], &corr.output[0], &zpi.output[0]];
+    if private.iter().any(|name| ix.uses(name) != 1) {
+        return None;
+    }
+    let node = NodeProto {
+        name: format!("{}.fused_dequantize", out.name),
+        op_type: ROW_DEQUANTIZE.into(),
+        domain: DOMAIN.into(),
+        // product, row zero point, row scale, column sums, weight scales
+        input: vec![
+            sub.input[0].clone(),
+            zpi.input[0].clone(),
+            m1.input[1].clone(),
+            corr.input[1].clone(),
+            out.input[1].clone(),
+        ],
+        output: vec![out.output[0].clone()],
+        ..Default::default()
+    };
+    // The replacement takes the last node's place: every input is defined before it.
+    let remove = vec![at, m1_i, castf_i, sub_i, corr_i, zpi_i];
+    Some(Match { remove, insert_at: at, node })
+}
+
+/// `x[..., D]` (f32) → `(codes u8 [..., D], scale f32 [..., 1], zero point f32 [..., 1])`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct RowQuantizeExpansion;
+
+impl Expansion for RowQuantizeExpansion {
+    fn name(&self) -> StaticName {
+        ROW_QUANTIZE.into()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        Ok(3)
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> TractResult<()> {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 3)?;
+        s.equals(&inputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].datum_type, u8::datum_type())?;
+        s.equals(&outputs[1].datum_type, f32::datum_type())?;
+        s.equals(&outputs[2].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        s.equals(&inputs[0].rank, &outputs[1].rank)?;
+        s.equals(&inputs[0].rank, &outputs[2].rank)?;
+        s.given(&inputs[0].shape, move |s, shape| {
+            let mut row = shape.clone();
+            if let Some(last) = row.last_mut() {
+                *last = 1.to_dim();
+            }
+            s.equals(&outputs[1].shape, row.clone())?;
+            s.equals(&outputs[2].shape, row)
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, RowQuantize, inputs)
+    }
+}
+
+/// The typed op behind [`RowQuantizeExpansion`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(crate) struct RowQuantize;
+
+impl Op for RowQuantize {
+    fn name(&self) -> StaticName {
+        ROW_QUANTIZE.into()
+    }
+
+    op_as_typed_op!();
+}
+
+/// 1.5·2²³: for |v| < 2²², `(v + MAGIC) − MAGIC` is `v` rounded half to even (the default
+/// rounding mode), and for an integer 0 ≤ q ≤ 255 the low byte of `(q + MAGIC).to_bits()` is q.
+/// Both are plain float adds and bit masks, which the compiler vectorises; `f32::round_ties_even`
+/// is a libm call per element on x86-64 builds without SSE4.1, and `as u8` a saturating branch.
+const MAGIC: f32 = 12_582_912.0;
+
+/// Rounds half to even, like ONNX `Round`, for |v| < 2²² (every value rounded here is a code
+/// before clipping or a zero point: |v| ≤ 255 plus rounding); larger values take the libm path.
+#[inline]
+fn round_even(v: f32) -> f32 {
+    if v.abs() < 4_194_304.0 { (v + MAGIC) - MAGIC } else { v.round_ties_even() }
+}
+
+/// The smallest and largest value of a row, folded with 0 (ReduceMin/Min(0), ReduceMax/Max(0)).
+/// Eight independent lanes so the compiler emits packed min/max.
+fn row_range(row: &[f32]) -> (f32, f32) {
+    let mut lo = [0f32; 8];
+    let mut hi = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+        }
+    }
+    let mut l = lo.iter().fold(0f32, |m, &v| m.min(v));
+    let mut h = hi.iter().fold(0f32, |m, &v| m.max(v));
+    for &v in chunks.remainder() {
+        l = l.min(v);
+        h = h.max(v);
+    }
+    (l, h)
+}
+
+/// One row's scale and zero point, as the replaced nodes compute them.
+fn row_scale(row: &[f32]) -> (f32, f32) {
+    let (lo, hi) = row_range(row);
+    let scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0f32 / 255.0);
+    (scale, round_even(-lo / scale))
+}
+
+/// `Cast<u8>(Clip(Round(v / scale) + zp, 0, 255))` for one row.
+fn quantise_row(row: &[f32], scale: f32, zp: f32, out: &mut [u8]) {
+    for (q, &v) in out.iter_mut().zip(row) {
+        // |v / scale| ≤ 255·(1 + ε) by construction of `scale`, so the magic rounding is exact;
+        // a NaN stays NaN through the adds and `clamp` keeps it, then the mask reads its bits:
+        // NaN inputs give unspecified codes, as the standard nodes do.
+        let r = ((v / scale + MAGIC) - MAGIC + zp).clamp(0.0, 255.0);
+        *q = ((r + MAGIC).to_bits() & 0xff) as u8;
+    }
+}
+
+/// A tensor that takes ownership of `data` (no copy).
+fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> TractResult<TValue> {
+    let array = tract_onnx::tract_core::ndarray::ArrayD::from_shape_vec(shape, data)?;
+    Ok(Tensor::from(array).into_tvalue())
+}
+
+impl EvalOp for RowQuantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let shape = x.shape().to_vec();
+        let d = *shape.last().context("row quantisation of a scalar")?;
+        ensure!(d > 0, "row quantisation of empty rows");
+        let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        let rows = xs.len() / d;
+        let mut codes = vec![0u8; xs.len()];
+        let mut scales = vec![0f32; rows];
+        let mut zps = vec![0f32; rows];
+        for (r, (row, out)) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
+            let (scale, zp) = row_scale(row);
+            quantise_row(row, scale, zp, out);
+            scales[r] = scale;
+            zps[r] = zp;
+        }
+        let mut row_shape = shape.clone();
+        *row_shape.last_mut().expect("rank checked above") = 1;
+        Ok(tvec!(owned(&shape, codes)?, owned(&row_shape, scales)?, owned(&row_shape, zps)?))
+    }
+}
+
+impl TypedOp for RowQuantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(x.datum_type == f32::datum_type(), "{ROW_QUANTIZE} wants f32, got {:?}", x.datum_type);
+        ensure!(x.rank() > 0, "{ROW_QUANTIZE} of a scalar");
+        let mut row: TVec<TDim> = x.shape.iter().cloned().collect();
+        *row.last_mut().expect("rank checked above") = 1.to_dim();
+        Ok(tvec!(u8::fact(x.shape.clone()), f32::fact(row.clone()), f32::fact(row)))
+    }
+
+    as_op!();
+}
+
+/// `(product i32 [..., N], zero point f32 [..., 1], row scale f32 [..., 1], column sums i32 [N],
+/// weight scales f32 [N])` → f32 `[..., N]`:
+/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct RowDequantizeExpansion;
+
+impl Expansion for RowDequantizeExpansion {
+    fn name(&self) -> StaticName {
+        ROW_DEQUANTIZE.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> TractResult<()> {
+        check_input_arity(inputs, 5)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, i32::datum_type())?;
+        s.equals(&inputs[1].datum_type, f32::datum_type())?;
+        s.equals(&inputs[2].datum_type, f32::datum_type())?;
+        s.equals(&inputs[3].datum_type, i32::datum_type())?;
+        s.equals(&inputs[4].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, RowDequantize, inputs)
+    }
+}
+
+/// The typed op behind [`RowDequantizeExpansion`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(crate) struct RowDequantize;
+
+impl Op for RowDequantize {
+    fn name(&self) -> StaticName {
+        ROW_DEQUANTIZE.into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for RowDequantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (acc, zp, scale, sums, wscale) = args_5!(inputs);
+        let shape = acc.shape().to_vec();
+        let n = *shape.last().context("dequantisation of a scalar")?;
+        let acc = acc.try_as_plain_ram()?;
+        let acc = acc.as_slice::<i32>()?;
+        let zp = zp.try_as_plain_ram()?;
+        let zp = zp.as_slice::<f32>()?;
+        let scale = scale.try_as_plain_ram()?;
+        let scale = scale.as_slice::<f32>()?;
+        let sums = sums.try_as_plain_ram()?;
+        let sums = sums.as_slice::<i32>()?;
+        let wscale = wscale.try_as_plain_ram()?;
+        let wscale = wscale.as_slice::<f32>()?;
+        let rows = acc.len().checked_div(n).unwrap_or(0);
+        ensure!(
+            zp.len() == rows && scale.len() == rows && sums.len() == n && wscale.len() == n,
+            "{ROW_DEQUANTIZE}: {rows} rows × {n} columns, got {} zero points, {} row scales, {} column sums, {} weight scales",
+            zp.len(),
+            scale.len(),
+            sums.len(),
+            wscale.len()
+        );
+        let mut out = vec![0f32; acc.len()];
+        if n > 0 {
+            for (r, (o, a)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
+                let (z, s) = (zp[r] as i32, scale[r]);
+                for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
+                    *o = (a.wrapping_sub(z.wrapping_mul(cs)) as f32 * s) * ws;
+                }
+            }
+        }
+        Ok(tvec!(owned(&shape, out)?))
+    }
+}
+
+impl TypedOp for RowDequantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 5, "{ROW_DEQUANTIZE} takes 5 inputs");
+        let acc = inputs[0];
+        ensure!(acc.rank() > 0, "{ROW_DEQUANTIZE} of a scalar");
+        let n = acc.shape.last().expect("rank checked above");
+        for (i, what) in [(3, "column sums"), (4, "weight scales")] {
+            let f = inputs[i];
+            ensure!(
+                f.rank() == 1 && &f.shape[0] == n,
+                "{ROW_DEQUANTIZE}: {what} {:?} for {n} columns",
+                f.shape
+            );
+        }
+        for (i, what) in [(1, "zero points"), (2, "row scales")] {
+            let f = inputs[i];
+            // Leading dims are symbolic here; their element count is checked at run time.
+            ensure!(
+                f.rank() == acc.rank() && f.shape.last() == Some(&1.to_dim()),
+                "{ROW_DEQUANTIZE}: {what} {:?} for a product {:?}",
+                f.shape,
+                acc.shape
+            );
+        }
+        Ok(tvec!(f32::fact(acc.shape.clone())))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_gpt_int8() -> ModelProto {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shakespeare-gpt/int8/model.onnx");
+        crate::Model::open(path).unwrap().proto().unwrap()
+    }
+
+    fn count(model: &ModelProto, op: &str) -> usize {
+        model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == op).count()
+    }
+
+    #[test]
+    fn fuses_every_pattern_of_a_ferrite_export() {
+        let mut model = shipped_gpt_int8();
+        let matmuls = count(&model, "MatMulInteger");
+        let nodes = model.graph.as_ref().unwrap().node.len();
+        let fused = fuse_row_quantisation(&mut model);
+        assert_eq!(fused, Fused { quantize: matmuls, dequantize: matmuls });
+        assert_eq!(count(&model, ROW_QUANTIZE), matmuls);
+        assert_eq!(count(&model, "Round"), 0);
+        // 15 nodes → 1 and 6 → 1 per matmul.
+        assert_eq!(model.graph.as_ref().unwrap().node.len(), nodes - matmuls * (14 + 5));
+    }
+
+    #[test]
+    fn leaves_other_producers_alone() {
+        let mut model = shipped_gpt_int8();
+        model.producer_name = "pytorch".into();
+        assert_eq!(fuse_row_quantisation(&mut model), Fused::default());
+    }
+
+    #[test]
+    fn keeps_a_pattern_whose_intermediate_is_read_elsewhere() {
+        let mut model = shipped_gpt_int8();
+        let matmuls = count(&model, "MatMulInteger");
+        let graph = model.graph.as_mut().unwrap();
+        // Expose the first Clip (inside a quantisation) and the first Sub after a MatMulInteger.
+        for op in ["Clip", "MatMulInteger"] {
+            let mut name = graph.node.iter().find(|n| n.op_type == op).unwrap().output[0].clone();
+            if op == "MatMulInteger" {
+                name = graph.node.iter().find(|n| n.op_type == "Sub" && n.input[0] == name).unwrap().output
+                    [0]
+                .clone();
+            }
+            graph.output.push(pb::ValueInfoProto { name, ..Default::default() });
+        }
+        let fused = fuse_row_quantisation(&mut model);
+        assert_eq!(fused, Fused { quantize: matmuls - 1, dequantize: matmuls - 1 });
+        assert_eq!(count(&model, "Clip"), 1);
+    }
+
+    #[test]
+    fn quantises_like_the_standard_nodes() {
+        // Ties, an all-zero row, an all-negative row and a lone spike.
+        let rows: [&[f32]; 4] =
+            [&[0.5, 1.5, 2.5, -0.5], &[0.0; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0]];
+        for row in rows {
+            let (scale, zp) = row_scale(row);
+            let lo = row.iter().fold(0f32, |m, &v| m.min(v));
+            let hi = row.iter().fold(0f32, |m, &v| m.max(v));
+            let want_scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
+            assert_eq!(scale.to_bits(), want_scale.to_bits());
+            assert_eq!(zp, (-lo / want_scale).round_ties_even());
+            let mut codes = [0u8; 4];
+            quantise_row(row, scale, zp, &mut codes);
+            for (c, &v) in codes.iter().zip(row) {
+                assert_eq!(*c, ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8, "{row:?}");
+            }
+        }
+        assert_eq!(round_even(2.5), 2.0);
+        assert_eq!(round_even(-3.5), -4.0);
+        assert_eq!(round_even(1e9 + 0.5), 1e9);
+    }
+}

@@ -1,0 +1,121 @@
+//! tract's fused int8 quantisation (runtime/src/backend/tract_fuse.rs) replaces the exporter's
+//! per-token quantise/dequantise subgraphs with two ops of ferrite's own. These tests hold it to
+//! its promise: every subgraph of a ferrite int8 export is fused (one pair per `MatMulInteger`),
+//! and the outputs are bit-identical to tract running the file's standard nodes, on a GPT decode
+//! (prefill + steps), an LSTM and a BERT encoder with padding.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ferrite_runtime::backend::tract::plan_for_profiling;
+use ferrite_runtime::{Model, Options, Tensor};
+
+fn fused(on: bool) -> Options {
+    Options::default().tract_fused_int8(on)
+}
+
+fn file(rel: &str) -> PathBuf {
+    common::root().join(rel).join("model.onnx")
+}
+
+/// Nodes of the planned model whose op is `name`.
+fn count_ops(path: &Path, options: &Options, name: &str) -> usize {
+    let plan = plan_for_profiling(path, options).unwrap();
+    plan.model().nodes().iter().filter(|n| n.op().name() == name).count()
+}
+
+#[test]
+fn every_int8_matmul_is_fused_and_nothing_else() {
+    for rel in ["models/shakespeare-gpt/int8", "models/shakespeare-lstm/int8", "fuzz/fixtures/bert-int8"] {
+        let path = file(rel);
+        let matmuls = Model::open(&path).unwrap().info().ops.get("MatMulInteger").copied().unwrap_or(0);
+        assert!(matmuls > 0, "{rel}: expected an int8 export");
+        // One dequantisation per matmul; quantisations can be fewer, since tract merges the
+        // identical ones of matmuls that read the same activation (BERT's Q, K and V).
+        assert_eq!(count_ops(&path, &fused(true), "FerriteRowDequantize"), matmuls, "{rel}");
+        assert!(count_ops(&path, &fused(true), "FerriteRowQuantizeU8") > 0, "{rel}");
+        // No quantisation subgraph is left unfused: its `Round` nodes are gone.
+        assert_eq!(count_ops(&path, &fused(true), "RoundHalfToEven"), 0, "{rel}: a Round survived");
+        assert!(count_ops(&path, &fused(false), "RoundHalfToEven") > 0, "{rel}");
+        for op in ["FerriteRowQuantizeU8", "FerriteRowDequantize"] {
+            assert_eq!(count_ops(&path, &fused(false), op), 0, "{rel}: {op} without fusion");
+        }
+    }
+    // Files without the pattern are left alone (the shipped q4 model: MatMulNBits).
+    let q4 = file("models/shakespeare-gpt/q4");
+    assert_eq!(count_ops(&q4, &fused(true), "FerriteRowQuantizeU8"), 0, "q4");
+}
+
+fn run_both(rel: &str, inputs: &[(&str, Tensor)]) -> Vec<(String, Tensor)> {
+    let path = file(rel);
+    let model = Model::open(&path).unwrap();
+    let views: Vec<_> = inputs.iter().map(|(n, t)| (*n, t.view())).collect();
+    let mut a = model.prepare(&fused(true)).unwrap().session().unwrap();
+    let mut b = model.prepare(&fused(false)).unwrap().session().unwrap();
+    let got = a.run(&views).unwrap();
+    let want = b.run(&views).unwrap();
+    let mut out = Vec::new();
+    for info in &model.info().outputs {
+        let (g, w) = (got.get(&info.name).unwrap(), want.get(&info.name).unwrap());
+        assert_eq!(g.shape(), w.shape(), "{rel} {}", info.name);
+        let (gb, wb): (Vec<u64>, Vec<u64>) = (
+            common::as_f64(g).iter().map(|v| v.to_bits()).collect(),
+            common::as_f64(w).iter().map(|v| v.to_bits()).collect(),
+        );
+        assert!(
+            gb == wb,
+            "{rel} {}: fused differs from the standard nodes (max {})",
+            info.name,
+            common::max_abs_diff(&info.name, g, w)
+        );
+        out.push((info.name.clone(), g.clone()));
+    }
+    out
+}
+
+fn ids(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
+    Tensor::new(shape, v).unwrap()
+}
+
+#[test]
+fn gpt_prefill_and_decode_are_bit_identical() {
+    let rel = "models/shakespeare-gpt/int8";
+    let empty = |_: usize| Tensor::new(vec![1, 4, 0, 32], Vec::<f32>::new()).unwrap();
+    let mut past: Vec<Tensor> = (0..8).map(empty).collect();
+    let names: Vec<String> =
+        (0..4).flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")]).collect();
+    for (step, chunk) in
+        [vec![5i64, 900, 17, 4000, 250, 3], vec![42], vec![1234], vec![7]].into_iter().enumerate()
+    {
+        let mut inputs = vec![("input_ids", ids(vec![1, chunk.len()], chunk))];
+        inputs.extend(names.iter().map(String::as_str).zip(past.iter().cloned()));
+        let out = run_both(rel, &inputs);
+        past = names
+            .iter()
+            .map(|n| out.iter().find(|(o, _)| *o == n.replace("past", "present")).unwrap().1.clone())
+            .collect();
+        assert_eq!(past[0].shape()[2], [6, 7, 8, 9][step]);
+    }
+}
+
+#[test]
+fn lstm_is_bit_identical() {
+    let zeros = Tensor::new(vec![2, 1, 256], vec![0f32; 512]).unwrap();
+    let inputs = vec![
+        ("input_ids", ids(vec![1, 8], vec![1, 20, 33, 40, 2, 0, 37, 11])),
+        ("h0", zeros.clone()),
+        ("c0", zeros),
+    ];
+    run_both("models/shakespeare-lstm/int8", &inputs);
+}
+
+#[test]
+fn bert_with_padding_is_bit_identical() {
+    let inputs = vec![
+        ("input_ids", ids(vec![2, 6], vec![2, 17, 40, 63, 3, 0, 2, 9, 3, 0, 0, 0])),
+        ("attention_mask", ids(vec![2, 6], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0])),
+        ("token_type_ids", ids(vec![2, 6], vec![0; 12])),
+    ];
+    run_both("fuzz/fixtures/bert-int8", &inputs);
+}
