@@ -113,7 +113,7 @@ fn profile(plan: &std::sync::Arc<TypedSimplePlan>, inputs: TVec<TValue>, repeat:
     }
     nodes.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("\nslowest nodes:");
-    for (t, id) in nodes.iter().take(25) {
+    for (t, id) in nodes.iter().take(std::env::var("TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(25)) {
         let node = model.node(*id);
         let info = node.op().info().unwrap_or_default().join("; ");
         let shape = node.outputs.first().map(|o| format!("{:?}", o.fact.shape)).unwrap_or_default();

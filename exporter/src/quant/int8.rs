@@ -137,6 +137,10 @@ pub fn gather_columns(g: &mut GraphBuilder, w: &StoredWeight, ids: &str) -> Stri
 
 /// `x · Wᵀ` for a weight already stored by [`store`] (the per-token scheme of
 /// [`matmul_per_token`]).
+///
+/// The node sequence below is a contract with ferrite's tract backend: runtime/src/backend/
+/// tract_fuse.rs recognises exactly these nodes (and constants) and runs them as two fused ops.
+/// Change them together; tests/fused_int8.rs fails when a pattern stops being fused.
 pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String {
     let last_axis = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
     let zero = g.scalar_f32(0.0);

@@ -46,7 +46,9 @@ const ONNX_INT32: i64 = 6;
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(ROW_QUANTIZE, |_, _| Ok((expand(RowQuantizeExpansion), vec![])));
-    onnx.op_register.insert(ROW_DEQUANTIZE, |_, _| Ok((expand(RowDequantizeExpansion), vec![])));
+    onnx.op_register.insert(ROW_DEQUANTIZE, |_, node| {
+        Ok((expand(RowDequantizeExpansion { bias: node.input.len() == 6 }), vec![]))
+    });
 }
 
 /// How many subgraphs [`fuse_row_quantisation`] replaced.
@@ -114,6 +116,7 @@ fn apply(graph: &mut GraphProto, m: Match) {
 /// Who produces and how many read each value name.
 struct GraphIndex<'g> {
     producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
     uses: HashMap<&'g str, usize>,
     initializer: HashMap<&'g str, &'g pb::TensorProto>,
 }
@@ -122,19 +125,21 @@ impl<'g> GraphIndex<'g> {
     fn new(graph: &'g GraphProto) -> GraphIndex<'g> {
         let mut producer = HashMap::new();
         let mut uses: HashMap<&str, usize> = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
             for o in &node.output {
                 producer.insert(o.as_str(), i);
             }
             for inp in &node.input {
                 *uses.entry(inp.as_str()).or_default() += 1;
+                consumers.entry(inp.as_str()).or_default().push(i);
             }
         }
         for o in &graph.output {
             *uses.entry(o.name.as_str()).or_default() += 1;
         }
         let initializer = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-        GraphIndex { producer, uses, initializer }
+        GraphIndex { producer, consumers, uses, initializer }
     }
 
     fn uses(&self, name: &str) -> usize {
@@ -153,6 +158,19 @@ impl<'g> GraphIndex<'g> {
         let n = &graph.node[i];
         (n.op_type == op && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1)
             .then_some((i, n))
+    }
+
+    /// `name` is a 1-D f32 initializer (a bias).
+    fn is_vector(&self, name: &str) -> bool {
+        self.initializer.get(name).is_some_and(|t| t.data_type == ONNX_FLOAT as i32 && t.dims.len() == 1)
+    }
+
+    /// The only node reading `name`, when exactly one node reads it once and it is no graph output.
+    fn sole_consumer<'a>(&self, graph: &'a GraphProto, name: &str) -> Option<(usize, &'a NodeProto)> {
+        match self.consumers.get(name)?.as_slice() {
+            [i] if self.uses(name) == 1 => Some((*i, &graph.node[*i])),
+            _ => None,
+        }
     }
 
     /// `name` is an f32 scalar initializer holding exactly `value`.
@@ -280,24 +298,40 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
     if private.iter().any(|name| ix.uses(name) != 1) {
         return None;
     }
+    // product, row zero point, row scale, column sums, weight scales (, bias)
+    let mut input = vec![
+        sub.input[0].clone(),
+        zpi.input[0].clone(),
+        m1.input[1].clone(),
+        corr.input[1].clone(),
+        out.input[1].clone(),
+    ];
+    let mut remove = vec![at, m1_i, castf_i, sub_i, corr_i, zpi_i];
+    let mut last = (at, out);
+    // A dense layer's bias, `Add(product, bias)` with a 1-D initializer, joins the fused op.
+    if let Some((add_i, add)) = ix.sole_consumer(g, &out.output[0]) {
+        let is_bias_add = add.op_type == "Add"
+            && add.domain.is_empty()
+            && add.input.len() == 2
+            && add.output.len() == 1
+            && add.input[0] == out.output[0]
+            && ix.is_vector(&add.input[1]);
+        if is_bias_add {
+            input.push(add.input[1].clone());
+            remove.push(add_i);
+            last = (add_i, add);
+        }
+    }
     let node = NodeProto {
-        name: format!("{}.fused_dequantize", out.name),
+        name: format!("{}.fused_dequantize", last.1.name),
         op_type: ROW_DEQUANTIZE.into(),
         domain: DOMAIN.into(),
-        // product, row zero point, row scale, column sums, weight scales
-        input: vec![
-            sub.input[0].clone(),
-            zpi.input[0].clone(),
-            m1.input[1].clone(),
-            corr.input[1].clone(),
-            out.input[1].clone(),
-        ],
-        output: vec![out.output[0].clone()],
+        input,
+        output: vec![last.1.output[0].clone()],
         ..Default::default()
     };
     // The replacement takes the last node's place: every input is defined before it.
-    let remove = vec![at, m1_i, castf_i, sub_i, corr_i, zpi_i];
-    Some(Match { remove, insert_at: at, node })
+    Some(Match { remove, insert_at: last.0, node })
 }
 
 /// `x[..., D]` (f32) → `(codes u8 [..., D], scale f32 [..., 1], zero point f32 [..., 1])`.
@@ -452,10 +486,12 @@ impl TypedOp for RowQuantize {
 }
 
 /// `(product i32 [..., N], zero point f32 [..., 1], row scale f32 [..., 1], column sums i32 [N],
-/// weight scales f32 [N])` → f32 `[..., N]`:
-/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale`.
+/// weight scales f32 [N](, bias f32 [N]))` → f32 `[..., N]`:
+/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale (+ bias)`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct RowDequantizeExpansion;
+struct RowDequantizeExpansion {
+    bias: bool,
+}
 
 impl Expansion for RowDequantizeExpansion {
     fn name(&self) -> StaticName {
@@ -468,8 +504,11 @@ impl Expansion for RowDequantizeExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, 5)?;
+        check_input_arity(inputs, 5 + self.bias as usize)?;
         check_output_arity(outputs, 1)?;
+        if self.bias {
+            s.equals(&inputs[5].datum_type, f32::datum_type())?;
+        }
         s.equals(&inputs[0].datum_type, i32::datum_type())?;
         s.equals(&inputs[1].datum_type, f32::datum_type())?;
         s.equals(&inputs[2].datum_type, f32::datum_type())?;
@@ -480,13 +519,15 @@ impl Expansion for RowDequantizeExpansion {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, RowDequantize, inputs)
+        model.wire_node(prefix, RowDequantize { bias: self.bias }, inputs)
     }
 }
 
-/// The typed op behind [`RowDequantizeExpansion`].
+/// The typed op behind [`RowDequantizeExpansion`]; with `bias`, a sixth input is added last.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub(crate) struct RowDequantize;
+pub(crate) struct RowDequantize {
+    bias: bool,
+}
 
 impl Op for RowDequantize {
     fn name(&self) -> StaticName {
@@ -499,7 +540,8 @@ impl Op for RowDequantize {
 impl EvalOp for RowDequantize {
     op_out_of_plan!();
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let bias = if self.bias { inputs.pop() } else { None };
         let (acc, zp, scale, sums, wscale) = args_5!(inputs);
         let shape = acc.shape().to_vec();
         let n = *shape.last().context("dequantisation of a scalar")?;
@@ -530,6 +572,16 @@ impl EvalOp for RowDequantize {
                     *o = (a.wrapping_sub(z.wrapping_mul(cs)) as f32 * s) * ws;
                 }
             }
+            if let Some(bias) = bias {
+                let bias = bias.try_as_plain_ram()?;
+                let bias = bias.as_slice::<f32>()?;
+                ensure!(bias.len() == n, "{ROW_DEQUANTIZE}: {} biases for {n} columns", bias.len());
+                for o in out.chunks_exact_mut(n) {
+                    for (o, &b) in o.iter_mut().zip(bias) {
+                        *o += b;
+                    }
+                }
+            }
         }
         Ok(tvec!(owned(&shape, out)?))
     }
@@ -537,12 +589,12 @@ impl EvalOp for RowDequantize {
 
 impl TypedOp for RowDequantize {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 5, "{ROW_DEQUANTIZE} takes 5 inputs");
+        ensure!(inputs.len() == 5 + self.bias as usize, "{ROW_DEQUANTIZE}: wrong input count");
         let acc = inputs[0];
         ensure!(acc.rank() > 0, "{ROW_DEQUANTIZE} of a scalar");
         let n = acc.shape.last().expect("rank checked above");
-        for (i, what) in [(3, "column sums"), (4, "weight scales")] {
-            let f = inputs[i];
+        for (i, what) in [(3, "column sums"), (4, "weight scales"), (5, "bias")] {
+            let Some(f) = inputs.get(i) else { continue };
             ensure!(
                 f.rank() == 1 && &f.shape[0] == n,
                 "{ROW_DEQUANTIZE}: {what} {:?} for {n} columns",
@@ -583,12 +635,16 @@ mod tests {
         let mut model = shipped_gpt_int8();
         let matmuls = count(&model, "MatMulInteger");
         let nodes = model.graph.as_ref().unwrap().node.len();
+        let adds = count(&model, "Add");
         let fused = fuse_row_quantisation(&mut model);
         assert_eq!(fused, Fused { quantize: matmuls, dequantize: matmuls });
         assert_eq!(count(&model, ROW_QUANTIZE), matmuls);
         assert_eq!(count(&model, "Round"), 0);
-        // 15 nodes → 1 and 6 → 1 per matmul.
-        assert_eq!(model.graph.as_ref().unwrap().node.len(), nodes - matmuls * (14 + 5));
+        // The quantisation's `Add(codes, zp)` and every dense layer's bias Add are gone (the tied
+        // LM head has no bias).
+        assert_eq!(adds - count(&model, "Add"), matmuls + matmuls - 1);
+        // 15 nodes → 1 and 6 (+ the bias Add) → 1 per matmul.
+        assert_eq!(model.graph.as_ref().unwrap().node.len(), nodes - matmuls * (14 + 5) - (matmuls - 1));
     }
 
     #[test]
