@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::change_axes::wire_with_rank_broadcast;
 use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity, expand,
 };
@@ -47,7 +48,9 @@ const ONNX_INT32: i64 = 6;
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(ROW_QUANTIZE, |_, _| Ok((expand(RowQuantizeExpansion), vec![])));
     onnx.op_register.insert(ROW_DEQUANTIZE, |_, node| {
-        Ok((expand(RowDequantizeExpansion { bias: node.input.len() == 6 }), vec![]))
+        let bias = node.get_attr_opt::<i64>("bias")?.unwrap_or(0) == 1;
+        let residual = node.get_attr_opt::<i64>("residual")?.unwrap_or(0) == 1;
+        Ok((expand(RowDequantizeExpansion { bias, residual }), vec![]))
     });
 }
 
@@ -308,6 +311,7 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
     ];
     let mut remove = vec![at, m1_i, castf_i, sub_i, corr_i, zpi_i];
     let mut last = (at, out);
+    let (mut bias, mut residual) = (false, false);
     // A dense layer's bias, `Add(product, bias)` with a 1-D initializer, joins the fused op.
     if let Some((add_i, add)) = ix.sole_consumer(g, &out.output[0]) {
         let is_bias_add = add.op_type == "Add"
@@ -320,14 +324,42 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
             input.push(add.input[1].clone());
             remove.push(add_i);
             last = (add_i, add);
+            bias = true;
         }
     }
+    // Then a residual connection, `Add(y, x)` or `Add(x, y)` with a computed x, joins too (its
+    // shape is checked when the op is wired: a broadcasting Add stays tract's own).
+    if let Some((add_i, add)) = ix.sole_consumer(g, &last.1.output[0]) {
+        let y = &last.1.output[0];
+        let other = match add.input.as_slice() {
+            [a, b] if a == y && b != y => Some(b),
+            [a, b] if b == y && a != y => Some(a),
+            _ => None,
+        };
+        let is_residual = add.op_type == "Add"
+            && add.domain.is_empty()
+            && add.output.len() == 1
+            && other.is_some_and(|x| !ix.initializer.contains_key(x.as_str()));
+        if let (true, Some(x)) = (is_residual, other) {
+            input.push(x.clone());
+            remove.push(add_i);
+            last = (add_i, add);
+            residual = true;
+        }
+    }
+    let flag = |name: &str, on: bool| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: on as i64,
+        ..Default::default()
+    };
     let node = NodeProto {
         name: format!("{}.fused_dequantize", last.1.name),
         op_type: ROW_DEQUANTIZE.into(),
         domain: DOMAIN.into(),
         input,
         output: vec![last.1.output[0].clone()],
+        attribute: vec![flag("bias", bias), flag("residual", residual)],
         ..Default::default()
     };
     // The replacement takes the last node's place: every input is defined before it.
@@ -486,11 +518,12 @@ impl TypedOp for RowQuantize {
 }
 
 /// `(product i32 [..., N], zero point f32 [..., 1], row scale f32 [..., 1], column sums i32 [N],
-/// weight scales f32 [N](, bias f32 [N]))` → f32 `[..., N]`:
-/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale (+ bias)`.
+/// weight scales f32 [N](, bias f32 [N])(, residual f32 [..., N]))` → f32 `[..., N]`:
+/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale (+ bias) (+ residual)`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct RowDequantizeExpansion {
     bias: bool,
+    residual: bool,
 }
 
 impl Expansion for RowDequantizeExpansion {
@@ -504,10 +537,14 @@ impl Expansion for RowDequantizeExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, 5 + self.bias as usize)?;
+        check_input_arity(inputs, 5 + self.bias as usize + self.residual as usize)?;
         check_output_arity(outputs, 1)?;
-        if self.bias {
-            s.equals(&inputs[5].datum_type, f32::datum_type())?;
+        for extra in &inputs[5..] {
+            s.equals(&extra.datum_type, f32::datum_type())?;
+        }
+        if self.residual {
+            // A broadcasting residual gives the broadcast shape: leave it to the Add in `wire`.
+            return Ok(());
         }
         s.equals(&inputs[0].datum_type, i32::datum_type())?;
         s.equals(&inputs[1].datum_type, f32::datum_type())?;
@@ -519,14 +556,31 @@ impl Expansion for RowDequantizeExpansion {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, RowDequantize { bias: self.bias }, inputs)
+        let plain = RowDequantize { bias: self.bias, residual: false };
+        if !self.residual {
+            return model.wire_node(prefix, plain, inputs);
+        }
+        let (product, residual) = (inputs[0], inputs[inputs.len() - 1]);
+        if model.outlet_fact(product)?.shape == model.outlet_fact(residual)?.shape {
+            return model.wire_node(prefix, RowDequantize { bias: self.bias, residual: true }, inputs);
+        }
+        // Shapes not provably equal: dequantise, then tract's own broadcasting Add.
+        let y = model.wire_node(prefix, plain, &inputs[..inputs.len() - 1])?[0];
+        wire_with_rank_broadcast(
+            format!("{prefix}.residual"),
+            model,
+            tract_onnx::tract_core::ops::math::add(),
+            &[y, residual],
+        )
     }
 }
 
-/// The typed op behind [`RowDequantizeExpansion`]; with `bias`, a sixth input is added last.
+/// The typed op behind [`RowDequantizeExpansion`]; `bias` and `residual` add inputs after the
+/// first five, in that order (the residual has the output's shape).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(crate) struct RowDequantize {
     bias: bool,
+    residual: bool,
 }
 
 impl Op for RowDequantize {
@@ -541,6 +595,7 @@ impl EvalOp for RowDequantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let residual = if self.residual { inputs.pop() } else { None };
         let bias = if self.bias { inputs.pop() } else { None };
         let (acc, zp, scale, sums, wscale) = args_5!(inputs);
         let shape = acc.shape().to_vec();
@@ -582,6 +637,17 @@ impl EvalOp for RowDequantize {
                     }
                 }
             }
+            if let Some(residual) = residual {
+                ensure!(
+                    residual.shape() == shape.as_slice(),
+                    "{ROW_DEQUANTIZE}: residual {:?} for {shape:?}",
+                    residual.shape()
+                );
+                let residual = residual.try_as_plain_ram()?;
+                for (o, &r) in out.iter_mut().zip(residual.as_slice::<f32>()?) {
+                    *o += r;
+                }
+            }
         }
         Ok(tvec!(owned(&shape, out)?))
     }
@@ -589,11 +655,28 @@ impl EvalOp for RowDequantize {
 
 impl TypedOp for RowDequantize {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 5 + self.bias as usize, "{ROW_DEQUANTIZE}: wrong input count");
+        ensure!(
+            inputs.len() == 5 + self.bias as usize + self.residual as usize,
+            "{ROW_DEQUANTIZE}: wrong input count"
+        );
+        if self.residual {
+            let r = inputs[inputs.len() - 1];
+            ensure!(
+                r.shape == inputs[0].shape,
+                "{ROW_DEQUANTIZE}: residual {:?} for {:?}",
+                r.shape,
+                inputs[0].shape
+            );
+        }
         let acc = inputs[0];
         ensure!(acc.rank() > 0, "{ROW_DEQUANTIZE} of a scalar");
         let n = acc.shape.last().expect("rank checked above");
-        for (i, what) in [(3, "column sums"), (4, "weight scales"), (5, "bias")] {
+        let vectors: &[(usize, &str)] = if self.bias {
+            &[(3, "column sums"), (4, "weight scales"), (5, "bias")]
+        } else {
+            &[(3, "column sums"), (4, "weight scales")]
+        };
+        for &(i, what) in vectors {
             let Some(f) = inputs.get(i) else { continue };
             ensure!(
                 f.rank() == 1 && &f.shape[0] == n,
@@ -640,11 +723,18 @@ mod tests {
         assert_eq!(fused, Fused { quantize: matmuls, dequantize: matmuls });
         assert_eq!(count(&model, ROW_QUANTIZE), matmuls);
         assert_eq!(count(&model, "Round"), 0);
-        // The quantisation's `Add(codes, zp)` and every dense layer's bias Add are gone (the tied
-        // LM head has no bias).
-        assert_eq!(adds - count(&model, "Add"), matmuls + matmuls - 1);
-        // 15 nodes → 1 and 6 (+ the bias Add) → 1 per matmul.
-        assert_eq!(model.graph.as_ref().unwrap().node.len(), nodes - matmuls * (14 + 5) - (matmuls - 1));
+        // The quantisation's `Add(codes, zp)`, every dense layer's bias Add (the tied LM head
+        // has none) and the two residual Adds of each of the 4 blocks are gone.
+        let (biases, residuals) = (matmuls - 1, 2 * 4);
+        assert_eq!(adds - count(&model, "Add"), matmuls + biases + residuals);
+        // 15 nodes → 1 and 6 (+ bias and residual Adds) → 1 per matmul.
+        let after = model.graph.as_ref().unwrap().node.len();
+        assert_eq!(after, nodes - matmuls * (14 + 5) - biases - residuals);
+        let flags = |n: &NodeProto| n.attribute.iter().map(|a| a.i).collect::<Vec<_>>();
+        let graph = model.graph.as_ref().unwrap();
+        let with_residual =
+            graph.node.iter().filter(|n| n.op_type == ROW_DEQUANTIZE && flags(n)[1] == 1).count();
+        assert_eq!(with_residual, residuals);
     }
 
     #[test]
