@@ -206,10 +206,15 @@ fn last_axis_reduce(n: &NodeProto) -> bool {
 
 fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
     let cast = &g.node[at];
-    if cast.op_type != "Cast" || !cast.domain.is_empty() || int_attr(cast, "to") != Some(ONNX_UINT8) {
+    if cast.op_type != "Cast"
+        || !cast.domain.is_empty()
+        || cast.input.len() != 1
+        || cast.output.len() != 1
+        || int_attr(cast, "to") != Some(ONNX_UINT8)
+    {
         return None;
     }
-    let (clip_i, clip) = ix.node(g, cast.input.first()?, "Clip", 3)?;
+    let (clip_i, clip) = ix.node(g, &cast.input[0], "Clip", 3)?;
     if !ix.is_scalar(&clip.input[1], 0.0) || !ix.is_scalar(&clip.input[2], 255.0) {
         return None;
     }
@@ -247,21 +252,8 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
         return None;
     }
     // Every intermediate is read only inside the pattern (lo twice: Sub and Neg).
-    let private = [
-        (&rmin.output[0], 1),
-        (&lo_n.output[0], 2),
-        (&rmax.output[0], 1),
-        (&hi.output[0], 1),
-        (&range.output[0], 1),
-        (&range2.output[0], 1),
-        (&neg.output[0], 1),
-        (&div_zp.output[0], 1),
-        (&div_q.output[0], 1),
-        (&round_q.output[0], 1),
-        (&add.output[0], 1),
-        (&clip.output[0], 1),
-    ];
-    if private.iter().any(|(name, n)| ix.uses(name) != *n) {
+    let once = [rmin, rmax, hi, range, range2, neg, div_zp, div_q, round_q, add, clip];
+    if ix.uses(&lo_n.output[0]) != 2 || once.iter().any(|n| ix.uses(&n.output[0]) != 1) {
         return None;
     }
     let remove = vec![
