@@ -48,6 +48,13 @@ pub fn library_candidates() -> Vec<PathBuf> {
     out
 }
 
+/// The process's ONNX Runtime environment, loading the library as ferrite does (benches that
+/// drive `ort` directly beside ferrite need the same environment: a process holds one).
+#[doc(hidden)]
+pub fn shared_environment(explicit: Option<&Path>) -> Result<&'static ort::environment::Environment> {
+    environment(explicit)
+}
+
 /// Loads the ONNX Runtime library once per process and returns the shared environment.
 fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment::Environment> {
     if let Some(env) = ENVIRONMENT.get() {
