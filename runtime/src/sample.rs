@@ -182,10 +182,14 @@ impl Sampler {
 
 /// Index of the largest logit (the first one on ties); NaN never wins.
 pub fn argmax(logits: &[f32]) -> u32 {
+    // The running maximum stays in a register (reading `logits[best]` back each step made this
+    // ~4x slower: 3.8 % of a GPT decode step on ONNX Runtime, benches/decode_overhead.rs).
     let mut best = 0usize;
+    let mut best_value = f32::NAN;
     for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] || logits[best].is_nan() {
+        if l > best_value || best_value.is_nan() {
             best = i;
+            best_value = l;
         }
     }
     best as u32
@@ -229,5 +233,16 @@ mod tests {
         let p = SamplingParams { repetition_penalty: 100.0, ..Default::default() };
         let mut d = Sampler::new(p, 5).unwrap();
         assert_eq!(d.sample(&mut logits.clone(), &[1, 1]), 3);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_never_a_nan() {
+        let nan = f32::NAN;
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[nan, -5.0, nan, -4.0]), 3);
+        assert_eq!(argmax(&[2.0, nan, 1.0]), 0);
+        assert_eq!(argmax(&[nan, nan]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[]), 0);
     }
 }
