@@ -611,33 +611,38 @@ impl EvalOp for RowDequantize {
             sums.len(),
             wscale.len()
         );
+        let bias = match &bias {
+            Some(b) => Some(b.try_as_plain_ram()?),
+            None => None,
+        };
+        let bias = bias.as_ref().map(|b| b.as_slice::<f32>()).transpose()?;
+        ensure!(bias.is_none_or(|b| b.len() == n), "{ROW_DEQUANTIZE}: biases for {n} columns expected");
+        if let Some(r) = &residual {
+            ensure!(
+                r.shape() == shape.as_slice(),
+                "{ROW_DEQUANTIZE}: residual {:?} for {shape:?}",
+                r.shape()
+            );
+        }
+        let residual = match &residual {
+            Some(r) => Some(r.try_as_plain_ram()?),
+            None => None,
+        };
+        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
         let mut out = vec![0f32; acc.len()];
         if n > 0 {
+            // One pass per row, the row still in cache: ((product · scales) + bias) + residual,
+            // the order of the replaced nodes.
             for (r, (o, a)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
                 let (z, s) = (zp[r] as i32, scale[r]);
                 for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
                     *o = (a.wrapping_sub(z.wrapping_mul(cs)) as f32 * s) * ws;
                 }
-            }
-            if let Some(bias) = bias {
-                let bias = bias.try_as_plain_ram()?;
-                let bias = bias.as_slice::<f32>()?;
-                ensure!(bias.len() == n, "{ROW_DEQUANTIZE}: {} biases for {n} columns", bias.len());
-                for o in out.chunks_exact_mut(n) {
-                    for (o, &b) in o.iter_mut().zip(bias) {
-                        *o += b;
-                    }
+                if let Some(bias) = bias {
+                    o.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
                 }
-            }
-            if let Some(residual) = residual {
-                ensure!(
-                    residual.shape() == shape.as_slice(),
-                    "{ROW_DEQUANTIZE}: residual {:?} for {shape:?}",
-                    residual.shape()
-                );
-                let residual = residual.try_as_plain_ram()?;
-                for (o, &r) in out.iter_mut().zip(residual.as_slice::<f32>()?) {
-                    *o += r;
+                if let Some(res) = residual {
+                    o.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(o, &x)| *o += x);
                 }
             }
         }
