@@ -36,6 +36,10 @@ run() { # name vocab-source ferrite-args -- torch-args
 }
 vocab_of() { "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$1"; }
 
+batch_ctx="64 × 128"
+run "lstm 2×384 (char, shipped)" "$(vocab_of models/shakespeare-lstm/config.json)" \
+  --arch lstm --tokenizer char --batch 64 --context 128 --layers 2 --embed 64 --hidden 384 -- \
+  --arch lstm --batch 64 --context 128 --layers 2 --embed 64 --hidden 384
 batch_ctx="32 × 128"
 run "lstm 2×256 (char)" "$(vocab_of models/shakespeare-lstm/config.json)" \
   --arch lstm --tokenizer char --batch 32 --context 128 --layers 2 --embed 64 --hidden 256 -- \

@@ -232,16 +232,16 @@ def lstm(args) -> list[str]:
 
     torch_tps = gen / (median_ms(torch_loop, max(3, args.repeat // 4)) / 1e3)
     lines = [
-        f"models/shakespeare-lstm (2 × 256, char), prompt {prompt}, {gen} greedy tokens, {args.threads} thread(s).",
+        f"models/shakespeare-lstm ({cfg['num_layers']} × {cfg['hidden_size']}, char), prompt {prompt}, {gen} greedy tokens, {args.threads} thread(s).",
         "",
         "| runner | decode tokens/s | × PyTorch |",
         "|---|---|---|",
         f"| PyTorch step loop fp32 | {torch_tps:.0f} | 1.00 |",
     ]
+    work = Path(args.work)
     for q in ["fp32", "int8"]:
-        bundle = model_dir / q
-        if not bundle.exists():
-            continue
+        # The fp32 bundle is not committed (size): export it from the checkpoint.
+        bundle = model_dir / q if (model_dir / q).exists() else export(model_dir, work / f"lstm-{q}", q)
         for backend in ["tract", "ort"]:
             r = ferrite_bench(bundle, backend, args.threads, "--prompt-tokens", str(prompt), "--gen-tokens", str(gen),
                               "--repeat", str(max(3, args.repeat // 4)))

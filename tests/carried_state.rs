@@ -19,7 +19,8 @@ fn session(bundle: &str, options: &Options) -> Session {
 /// (input, output, initial shape) of every state pair of a shipped bundle.
 fn state_pairs(bundle: &str) -> Vec<(String, String, Vec<usize>)> {
     if bundle.contains("lstm") {
-        vec![("h0".into(), "hN".into(), vec![2, 1, 256]), ("c0".into(), "cN".into(), vec![2, 1, 256])]
+        let shape = common::shipped_lstm_state_shape();
+        vec![("h0".into(), "hN".into(), shape.clone()), ("c0".into(), "cN".into(), shape)]
     } else {
         (0..4)
             .flat_map(|l| {
@@ -100,16 +101,17 @@ fn resetting_the_carried_state_starts_over() {
 fn misuse_of_carried_state_is_a_typed_error() {
     let options = Options::default();
     let mut s = session("shakespeare-lstm/int8", &options);
-    let h = zeros(vec![2, 1, 256]);
+    let shape = common::shipped_lstm_state_shape();
+    let h = zeros(shape.clone());
     let ids = Tensor::new(vec![1, 1], vec![4i64]).unwrap();
 
     let err = s.carry("h1", "hN", h.view()).unwrap_err();
     assert!(matches!(&err, Error::InvalidInput(m) if m.contains("no input `h1`")), "{err}");
     let err = s.carry("h0", "nope", h.view()).unwrap_err();
     assert!(matches!(&err, Error::InvalidInput(m) if m.contains("no output `nope`")), "{err}");
-    let err = s.carry("h0", "hN", zeros(vec![2, 1, 255]).view()).unwrap_err();
+    let err = s.carry("h0", "hN", zeros(vec![shape[0], 1, shape[2] - 1]).view()).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    let wrong_dtype = Tensor::new(vec![2, 1, 256], vec![0i64; 512]).unwrap();
+    let wrong_dtype = Tensor::new(shape.clone(), vec![0i64; shape[0] * shape[2]]).unwrap();
     let err = s.carry("h0", "hN", wrong_dtype.view()).unwrap_err();
     assert!(matches!(err, Error::DTypeMismatch { .. }), "{err}");
     let err = s.set_carried("h0", h.view()).unwrap_err();

@@ -101,7 +101,8 @@ fn gpt_prefill_and_decode_are_bit_identical() {
 
 #[test]
 fn lstm_is_bit_identical() {
-    let zeros = Tensor::new(vec![2, 1, 256], vec![0f32; 512]).unwrap();
+    let shape = common::shipped_lstm_state_shape();
+    let zeros = Tensor::new(shape.clone(), vec![0f32; shape[0] * shape[2]]).unwrap();
     let inputs = vec![
         ("input_ids", ids(vec![1, 8], vec![1, 20, 33, 40, 2, 0, 37, 11])),
         ("h0", zeros.clone()),

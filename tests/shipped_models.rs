@@ -130,6 +130,32 @@ fn fp32_bundles_equal_the_source_framework() {
     }
 }
 
+/// Issue 4: the exporter reads the trainer's output as is, and the fp32 export's logits equal
+/// the trainer's own (burn) forward pass on the same checkpoint, on every backend.
+#[cfg(feature = "train")]
+#[test]
+fn fp32_bundles_equal_the_trainers_forward_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let (reference, _) = reference(name);
+        let dir = fp32_bundle(name, tmp.path());
+        let ids = &reference.prompts[0].ids;
+        let (want, dims) = ferrite_trainer::train::checkpoint_logits(&model_dir(name), ids).unwrap();
+        assert_eq!(dims, [1, ids.len(), want.len() / ids.len()]);
+        for run in common::backends() {
+            let bundle = open(&dir, &run);
+            let mut g = Generator::new(&bundle).unwrap();
+            let got = g.feed(ids).unwrap();
+            let err = max_abs(&got, &want);
+            assert!(
+                err <= 1e-4,
+                "{name} {:?}: logits vs the trainer's forward: max abs error {err:e}",
+                run.backend
+            );
+        }
+    }
+}
+
 #[test]
 fn int8_bundles_agree_across_backends_and_with_the_framework() {
     for name in MODELS {

@@ -122,7 +122,7 @@ impl Outputs {
 /// let model = Model::open("models/shakespeare-lstm/int8/model.onnx")?;
 /// let plan = model.prepare(&Options::default())?;
 /// let mut session = plan.session()?;
-/// let zeros = Tensor::new(vec![2, 1, 256], vec![0f32; 512])?;
+/// let zeros = Tensor::new(vec![2, 1, 384], vec![0f32; 768])?; // [layers, batch, hidden]
 /// session.carry("h0", "hN", zeros.view())?;
 /// session.carry("c0", "cN", zeros.view())?;
 /// for id in [5i64, 9, 12] {

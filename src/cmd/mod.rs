@@ -25,8 +25,9 @@ pub struct RunFlags {
     /// (binary: 512M = 512 MiB). A board's budget is in boards/BOARD.toml.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub memory_budget: Option<u64>,
-    /// tract only: run an int8 file's per-token quantisation as the file's standard ONNX nodes
-    /// instead of ferrite's two fused ops (same outputs; for measuring what the fusion buys).
+    /// tract only: run the file's standard ONNX nodes instead of ferrite's fused ops (an int8
+    /// file's per-token quantisation, a decoder's attention blocks); the same outputs, to
+    /// rounding. For measuring what the fusion buys.
     #[arg(long)]
     pub tract_unfused: bool,
 }
@@ -49,7 +50,8 @@ impl RunFlags {
         let mut o = Options::default()
             .backend(self.backend)
             .threads(self.threads)
-            .tract_fused_int8(!self.tract_unfused);
+            .tract_fused_int8(!self.tract_unfused)
+            .tract_fused_attention(!self.tract_unfused);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
         }

@@ -54,3 +54,12 @@ pub fn scratch_copy(case: &Path, tag: &str) -> PathBuf {
     }
     dir
 }
+
+/// `[layers, 1, hidden]`: the h/c state shape of models/shakespeare-lstm at batch 1, from its
+/// config.json (the model is retrained now and then; the tests follow it).
+pub fn shipped_lstm_state_shape() -> Vec<usize> {
+    let text = std::fs::read_to_string(root().join("models/shakespeare-lstm/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let get = |k: &str| config[k].as_u64().unwrap_or_else(|| panic!("config.json: no {k}")) as usize;
+    vec![get("num_layers"), 1, get("hidden_size")]
+}

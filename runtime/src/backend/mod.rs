@@ -75,6 +75,10 @@ pub struct Options {
     /// ferrite's own (bit-identical outputs, fewer nodes per matmul; see
     /// `backend/tract_fuse.rs`). On by default; off runs the file's standard nodes one by one.
     pub tract_fused_int8: bool,
+    /// On tract, run the exporter's decoder attention blocks (keys-major, one per layer) as one
+    /// op of ferrite's own that reads the KV cache once instead of packing and copying it
+    /// (`backend/tract_fuse/attention.rs`; equal to rounding, not bit for bit). On by default.
+    pub tract_fused_attention: bool,
 }
 
 impl Default for Options {
@@ -86,6 +90,7 @@ impl Default for Options {
             ort_prepacking: true,
             memory_budget: None,
             tract_fused_int8: true,
+            tract_fused_attention: true,
         }
     }
 }
@@ -114,6 +119,11 @@ impl Options {
     /// Turns tract's fused int8 quantisation ops on or off (see [`Options::tract_fused_int8`]).
     pub fn tract_fused_int8(mut self, on: bool) -> Self {
         self.tract_fused_int8 = on;
+        self
+    }
+    /// Turns tract's fused decoder attention on or off (see [`Options::tract_fused_attention`]).
+    pub fn tract_fused_attention(mut self, on: bool) -> Self {
+        self.tract_fused_attention = on;
         self
     }
     /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.

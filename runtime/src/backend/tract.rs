@@ -58,8 +58,16 @@ impl TractModel {
             return Err(Error::UnsupportedOp { op: op.clone(), backend: NAME });
         }
         let mut proto = model.proto()?;
-        if options.tract_fused_int8 {
+        if options.tract_fused_int8 || options.tract_fused_attention {
             super::tract_fuse::register(&mut onnx);
+        }
+        if options.tract_fused_attention {
+            let fused = super::tract_fuse::fuse_attention(&mut proto);
+            if fused > 0 {
+                log::debug!("tract: fused {fused} attention blocks");
+            }
+        }
+        if options.tract_fused_int8 {
             let fused = super::tract_fuse::fuse_row_quantisation(&mut proto);
             if fused != Default::default() {
                 log::debug!(

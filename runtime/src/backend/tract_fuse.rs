@@ -25,6 +25,9 @@
 
 use std::collections::HashMap;
 
+mod attention;
+pub(crate) use attention::ATTENTION;
+
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -52,6 +55,39 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
         let residual = node.get_attr_opt::<i64>("residual")?.unwrap_or(0) == 1;
         Ok((expand(RowDequantizeExpansion { bias, residual }), vec![]))
     });
+    onnx.op_register.insert(ATTENTION, |_, node| {
+        let scale = node.get_attr::<f32>("scale")?;
+        Ok((expand(attention::AttentionExpansion { scale }), vec![]))
+    });
+}
+
+/// The graph of a ferrite-exported model without subgraphs: the only kind the rewrites touch.
+fn fusable_graph(model: &mut ModelProto) -> Option<&mut GraphProto> {
+    if !model.producer_name.starts_with("ferrite") {
+        return None;
+    }
+    let graph = model.graph.as_mut()?;
+    // Subgraphs (If/Loop/Scan bodies) could read values by name from here: leave such files alone.
+    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
+        return None;
+    }
+    Some(graph)
+}
+
+/// Rewrites the exporter's keys-major decoder attention blocks of a ferrite-exported model into
+/// one `FerriteAttention` node each (see `tract_fuse/attention.rs`); returns how many.
+pub(crate) fn fuse_attention(model: &mut ModelProto) -> usize {
+    let Some(graph) = fusable_graph(model) else { return 0 };
+    let mut fused = 0;
+    loop {
+        let index = GraphIndex::new(graph);
+        let Some(m) = (0..graph.node.len()).find_map(|i| attention::match_attention(&index, graph, i)) else {
+            break;
+        };
+        apply(graph, m);
+        fused += 1;
+    }
+    fused
 }
 
 /// How many subgraphs [`fuse_row_quantisation`] replaced.
@@ -64,14 +100,7 @@ pub(crate) struct Fused {
 /// Rewrites the exporter's per-token quantisation subgraphs of a ferrite-exported model into the
 /// fused ops (see the module docs). Other files are left untouched.
 pub(crate) fn fuse_row_quantisation(model: &mut ModelProto) -> Fused {
-    if !model.producer_name.starts_with("ferrite") {
-        return Fused::default();
-    }
-    let Some(graph) = model.graph.as_mut() else { return Fused::default() };
-    // Subgraphs (If/Loop/Scan bodies) could read values by name from here: leave such files alone.
-    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
-        return Fused::default();
-    }
+    let Some(graph) = fusable_graph(model) else { return Fused::default() };
     let mut fused = Fused::default();
     loop {
         let index = GraphIndex::new(graph);
@@ -178,16 +207,20 @@ impl<'g> GraphIndex<'g> {
 
     /// `name` is an f32 scalar initializer holding exactly `value`.
     fn is_scalar(&self, name: &str, value: f32) -> bool {
-        let Some(t) = self.initializer.get(name) else { return false };
+        self.scalar_value(name).is_some_and(|v| v.to_bits() == value.to_bits())
+    }
+
+    /// The value of an inline f32 scalar initializer.
+    fn scalar_value(&self, name: &str) -> Option<f32> {
+        let t = self.initializer.get(name)?;
         if t.data_type != ONNX_FLOAT as i32 || !t.dims.iter().all(|&d| d == 1) || t.data_location == Some(1) {
-            return false;
+            return None;
         }
-        let v = match (t.float_data.as_slice(), t.raw_data.as_slice()) {
-            ([v], []) => *v,
-            ([], raw) if raw.len() == 4 => f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
-            _ => return false,
-        };
-        v.to_bits() == value.to_bits()
+        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
+            ([v], []) => Some(*v),
+            ([], raw) if raw.len() == 4 => Some(f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])),
+            _ => None,
+        }
     }
 }
 

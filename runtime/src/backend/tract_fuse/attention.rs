@@ -1,0 +1,370 @@
+//! Fused decoder attention for tract: one op of ferrite's own in place of the exporter's
+//! keys-major attention block (exporter/src/arch/gpt2.rs), so a decode step reads the KV cache
+//! once instead of copying it three times.
+//!
+//! The exporter writes, per layer, with `K`/`V` the cache after the step's `Concat`:
+//! `Transpose(Q) → MatMul(K, Qᵀ) → Mul(scale) → Add(bias) → Softmax(axis −2)`, then
+//! `Transpose(V) → MatMul(Vᵀ, probs) → Transpose(perm 0,3,1,2)`. Both backends run that, but in
+//! tract every product packs its operands for the matrix kernels and the batch/head axes are
+//! merged by a copy, so each decode step copied the whole cache of every layer about three
+//! times; that copying is what made a step at position 200 cost 1.45× a step at position 10
+//! (BENCHMARKS.md). [`Attention`] computes the same values straight from `Q`, `K`, `V` and the
+//! bias: for one query row (a decode step) with plain loops over the cache, for more rows (a
+//! prefill) with ndarray's matrix products. The order of the arithmetic is the graph's (scaled
+//! dot products, then the bias, then a max-subtracted softmax), but sums run in a different
+//! order than tract's kernels, so results agree to rounding, not bit for bit
+//! (tests/fused_attention.rs compares logits and greedy ids with the unfused graph).
+
+use tract_onnx::pb::{self, GraphProto, NodeProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder, linalg::general_mat_mul};
+use tract_onnx::tract_hir::internal::{
+    Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
+};
+
+use super::{DOMAIN, GraphIndex, Match, ints_attr, owned};
+
+/// Op type of the fused attention node (registered in tract's ONNX op registry only).
+pub(crate) const ATTENTION: &str = "FerriteAttention";
+
+/// `Transpose` with exactly this permutation.
+fn is_transpose(n: &NodeProto, perm: &[i64]) -> bool {
+    ints_attr(n, "perm") == Some(perm)
+}
+
+/// Matches one attention block, anchored at its last node (the context's `Transpose`).
+pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
+    let out = &g.node[at];
+    if out.op_type != "Transpose"
+        || !out.domain.is_empty()
+        || out.input.len() != 1
+        || out.output.len() != 1
+        || !is_transpose(out, &[0, 3, 1, 2])
+    {
+        return None;
+    }
+    let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
+    let (vt_i, vt) = ix.node(g, &ctx.input[0], "Transpose", 1)?;
+    let (sm_i, sm) = ix.node(g, &ctx.input[1], "Softmax", 1)?;
+    if !is_transpose(vt, &[0, 1, 3, 2]) || sm.attribute.len() != 1 || super::int_attr(sm, "axis") != Some(-2)
+    {
+        return None;
+    }
+    let (add_i, add) = ix.node(g, &sm.input[0], "Add", 2)?;
+    let (mul_i, mul) = ix.node(g, &add.input[0], "Mul", 2)?;
+    let scale = ix.scalar_value(&mul.input[1])?;
+    let (scores_i, scores) = ix.node(g, &mul.input[0], "MatMul", 2)?;
+    let (qt_i, qt) = ix.node(g, &scores.input[1], "Transpose", 1)?;
+    if !is_transpose(qt, &[0, 1, 3, 2]) {
+        return None;
+    }
+    let private =
+        [&ctx.output[0], &vt.output[0], &sm.output[0], &add.output[0], &scores.output[0], &qt.output[0]];
+    if private.iter().any(|name| ix.uses(name) != 1) {
+        return None;
+    }
+    // The first layer's scaled scores also feed the `Shape` that sizes the shared bias: then the
+    // scores' MatMul and Mul stay for it (tract folds the Shape into a constant and prunes them).
+    let shape_readers = ix.consumers.get(mul.output[0].as_str()).map_or(0, |c| {
+        c.iter().filter(|&&i| g.node[i].op_type == "Shape" && g.node[i].domain.is_empty()).count()
+    });
+    if ix.uses(&mul.output[0]) != 1 + shape_readers {
+        return None;
+    }
+    let mut remove = vec![at, ctx_i, vt_i, sm_i, add_i];
+    if shape_readers == 0 {
+        remove.extend([mul_i, scores_i, qt_i]);
+    }
+    let node = NodeProto {
+        name: format!("{}.fused_attention", out.name),
+        op_type: ATTENTION.into(),
+        domain: DOMAIN.into(),
+        // Q, K, V, additive bias
+        input: vec![qt.input[0].clone(), scores.input[0].clone(), vt.input[0].clone(), add.input[1].clone()],
+        output: vec![out.output[0].clone()],
+        attribute: vec![pb::AttributeProto {
+            name: "scale".into(),
+            r#type: pb::attribute_proto::AttributeType::Float as i32,
+            f: scale,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(Match { remove, insert_at: at, node })
+}
+
+/// `(Q f32 [B, H, S, D], K f32 [B, H, T, D], V f32 [B, H, T, D], bias f32 broadcastable to
+/// [B, H, T, S])` → context f32 `[B, S, H, D]`, with `probs = softmax over T of
+/// (K·Qᵀ)·scale + bias` and `context = probsᵀ·V`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AttentionExpansion {
+    pub(super) scale: f32,
+}
+
+impl std::hash::Hash for AttentionExpansion {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.scale.to_bits().hash(state);
+    }
+}
+
+impl Expansion for AttentionExpansion {
+    fn name(&self) -> StaticName {
+        ATTENTION.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> TractResult<()> {
+        check_input_arity(inputs, 4)?;
+        check_output_arity(outputs, 1)?;
+        for input in inputs {
+            s.equals(&input.datum_type, f32::datum_type())?;
+        }
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        s.given(&inputs[0].shape, move |s, q| {
+            s.equals(&outputs[0].shape, tvec![q[0].clone(), q[2].clone(), q[1].clone(), q[3].clone()])
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        model.wire_node(prefix, Attention { scale_bits: self.scale.to_bits() }, inputs)
+    }
+}
+
+/// The typed op behind [`AttentionExpansion`]; the scale is kept as its bits so the op is `Eq`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(crate) struct Attention {
+    scale_bits: u32,
+}
+
+impl Op for Attention {
+    fn name(&self) -> StaticName {
+        ATTENTION.into()
+    }
+
+    op_as_typed_op!();
+}
+
+/// Element strides that read a bias of `shape` (rank ≤ 4, each dim 1 or the target's) as if
+/// broadcast to `target`.
+fn broadcast_strides(shape: &[usize], target: [usize; 4]) -> TractResult<[usize; 4]> {
+    ensure!(shape.len() <= 4, "{ATTENTION}: bias of rank {} for [B, H, T, S]", shape.len());
+    let mut padded = [1usize; 4];
+    padded[4 - shape.len()..].copy_from_slice(shape);
+    let mut strides = [0usize; 4];
+    let mut step = 1;
+    for i in (0..4).rev() {
+        ensure!(
+            padded[i] == target[i] || padded[i] == 1,
+            "{ATTENTION}: bias {shape:?} does not broadcast to {target:?}"
+        );
+        strides[i] = if padded[i] == 1 { 0 } else { step };
+        step *= padded[i];
+    }
+    Ok(strides)
+}
+
+/// Dot product with eight independent partial sums, so the compiler emits packed multiplies.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `e^x` to ~1 ulp, branch-free so loops over it vectorise (libm's `expf` is a call per element,
+/// and its underflow path for masked scores is slower still). `x` is clamped to [−86, 88]: below,
+/// the result is e^−86 ≈ 4e−38 instead of a denormal or 0 — nothing a softmax can tell apart.
+#[inline]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that k·LN2_HI is exact for the k used here.
+    const LN2_HI: f32 = 0.693_359_4; // 0.693359375: 9 significant bits
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-86.0, 88.0);
+    // k = round(x / ln 2) with the 1.5·2²³ trick: its integer sits in the low mantissa bits.
+    let shifted = x * LOG2E + super::MAGIC;
+    let k = shifted - super::MAGIC;
+    let k_int = shifted.to_bits() as i32 - super::MAGIC.to_bits() as i32;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    // e^r on |r| ≤ ln2/2 by its Taylor series to r⁶ (error < 2e−7 relative).
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((k_int + 127) as u32) << 23)
+}
+
+/// In-place softmax of one row of scores; eight lanes for the max and the sum so that both
+/// passes vectorise.
+fn softmax(row: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let max =
+        chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            c[i] = exp(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+impl EvalOp for Attention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let scale = f32::from_bits(self.scale_bits);
+        let (q, k, v, bias) = args_4!(inputs);
+        let &[b, h, s, d] = q.shape() else { bail!("{ATTENTION}: Q {:?} is not [B, H, S, D]", q.shape()) };
+        let &[kb, kh, t, kd] = k.shape() else { bail!("{ATTENTION}: K {:?} is not [B, H, T, D]", k.shape()) };
+        ensure!(
+            (kb, kh, kd) == (b, h, d) && v.shape() == k.shape(),
+            "{ATTENTION}: Q {:?}, K {:?} and V {:?} disagree",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+        let strides = broadcast_strides(bias.shape(), [b, h, t, s])?;
+        let (q, k, v, bias) =
+            (q.try_as_plain_ram()?, k.try_as_plain_ram()?, v.try_as_plain_ram()?, bias.try_as_plain_ram()?);
+        let (q, k, v, bias) =
+            (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+        let mut out = vec![0f32; b * s * h * d];
+        // probs for one (batch, head): S rows of T, query-major so the softmax runs along a row.
+        let mut probs = vec![0f32; s * t];
+        for bi in 0..b {
+            for hi in 0..h {
+                let head = (bi * h + hi) * t * d;
+                let (kh, vh) = (&k[head..head + t * d], &v[head..head + t * d]);
+                let qh = &q[(bi * h + hi) * s * d..][..s * d];
+                let bias_at = |ti: usize, si: usize| {
+                    bias[bi * strides[0] + hi * strides[1] + ti * strides[2] + si * strides[3]]
+                };
+                if s == 1 {
+                    // A decode step: one pass over the cache for the scores, one for the context.
+                    for (ti, p) in probs.iter_mut().enumerate() {
+                        *p = dot(&kh[ti * d..(ti + 1) * d], qh) * scale + bias_at(ti, 0);
+                    }
+                    softmax(&mut probs);
+                    let row = &mut out[(bi * s * h + hi) * d..][..d];
+                    for (ti, &p) in probs.iter().enumerate() {
+                        row.iter_mut().zip(&vh[ti * d..(ti + 1) * d]).for_each(|(o, &x)| *o += p * x);
+                    }
+                    continue;
+                }
+                // A prefill: Q·Kᵀ and probs·V as matrix products.
+                let qm = ArrayView2::from_shape((s, d), qh)?;
+                let km = ArrayView2::from_shape((t, d), kh)?;
+                let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
+                general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
+                for (si, row) in probs.chunks_exact_mut(t).enumerate() {
+                    row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
+                    softmax(row);
+                }
+                let pm = ArrayView2::from_shape((s, t), &probs[..])?;
+                let vm = ArrayView2::from_shape((t, d), vh)?;
+                // Output rows for this head are D apart by H·D: [B, S, H, D].
+                let mut om =
+                    ArrayViewMut2::from_shape((s, d).strides((h * d, 1)), &mut out[(bi * s * h + hi) * d..])?;
+                general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
+            }
+        }
+        Ok(tvec!(owned(&[b, s, h, d], out)?))
+    }
+}
+
+impl TypedOp for Attention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 4, "{ATTENTION}: wrong input count");
+        for (f, what) in inputs.iter().zip(["Q", "K", "V", "bias"]) {
+            ensure!(
+                f.datum_type == f32::datum_type(),
+                "{ATTENTION} wants f32 {what}, got {:?}",
+                f.datum_type
+            );
+        }
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        ensure!(q.rank() == 4 && k.rank() == 4 && v.rank() == 4, "{ATTENTION}: Q, K, V must be rank 4");
+        let shape = &q.shape;
+        Ok(tvec!(f32::fact([shape[0].clone(), shape[2].clone(), shape[1].clone(), shape[3].clone()])))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_broadcasting() {
+        assert_eq!(broadcast_strides(&[5, 1], [1, 4, 5, 1]).unwrap(), [0, 0, 1, 0]);
+        assert_eq!(broadcast_strides(&[2, 4, 5, 3], [2, 4, 5, 3]).unwrap(), [60, 15, 3, 1]);
+        assert_eq!(broadcast_strides(&[5, 3], [1, 4, 5, 3]).unwrap(), [0, 0, 3, 1]);
+        assert!(broadcast_strides(&[6, 3], [1, 4, 5, 3]).is_err());
+        assert!(broadcast_strides(&[1, 1, 1, 5, 3], [1, 4, 5, 3]).is_err());
+    }
+
+    #[test]
+    fn dot_and_softmax() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - want).abs() < 1e-4);
+        let mut row = [1.0, 2.0, f32::MIN, 3.0];
+        softmax(&mut row);
+        assert!(row[2] < 1e-37);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(row[3] > row[1] && row[1] > row[0]);
+        // Rows longer than a lane block, against the textbook formula.
+        let scores: Vec<f32> = (0..37).map(|i| ((i * 7919) % 61) as f32 * 0.37 - 11.0).collect();
+        let mut row = scores.clone();
+        softmax(&mut row);
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f64 = scores.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        for (&p, &v) in row.iter().zip(&scores) {
+            let want = ((v - max) as f64).exp() / sum;
+            assert!((p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{p} vs {want}");
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_and_never_denormal() {
+        let mut worst = 0f64;
+        for i in -85_900..=87_900 {
+            let x = i as f32 * 1e-3;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64) - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+        for x in [-87.0, -1e3, f32::MIN, f32::NEG_INFINITY] {
+            let y = exp(x);
+            assert!(y.is_normal() && y < 1e-37, "exp({x}) = {y}");
+        }
+        assert_eq!(exp(0.0), 1.0);
+    }
+}
