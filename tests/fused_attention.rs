@@ -1,7 +1,7 @@
 //! tract's fused decoder attention (runtime/src/backend/tract_fuse/attention.rs) replaces the
 //! exporter's keys-major attention block of every GPT layer with one op of ferrite's own. These
-//! tests hold it to the unfused graph: every layer's block is fused (and nothing in encoders or
-//! LSTMs), and a prefill followed by decode steps — batch 1 and batch 2 — gives the same logits
+//! tests hold it to the unfused graph: every layer's block is fused (decoders' keys-major blocks,
+//! encoders' query-major ones; nothing in LSTMs), and a prefill followed by decode steps — batch 1 and batch 2 — gives the same logits
 //! and KV cache (to rounding with float activations, to a quantisation step with int8 ones) and
 //! the same next-token choices.
 
@@ -38,8 +38,32 @@ fn every_decoder_layer_is_fused_and_nothing_else() {
         let nodes = |o: &Options| plan_for_profiling(&file(rel), o).unwrap().model().nodes().len();
         assert!(nodes(&fused(true)) + 6 * LAYERS <= nodes(&fused(false)), "{rel}");
     }
-    for rel in ["models/shakespeare-lstm/int8", "fuzz/fixtures/bert-int8"] {
-        assert_eq!(count_ops(rel, &fused(true), "FerriteAttention"), 0, "{rel}");
+    // An encoder's (query-major) attention is fused too: the 2-layer test BERT.
+    let bert = "fuzz/fixtures/bert-int8";
+    assert_eq!(count_ops(bert, &fused(true), "FerriteAttention"), 2);
+    assert_eq!(count_ops(bert, &fused(true), "Softmax"), 0);
+    assert_eq!(count_ops("models/shakespeare-lstm/int8", &fused(true), "FerriteAttention"), 0);
+}
+
+#[test]
+fn encoder_with_padding_matches_the_unfused_graph() {
+    let rel = "fuzz/fixtures/bert-int8";
+    let model = Model::open(file(rel)).unwrap();
+    let t = |v: Vec<i64>| Tensor::new(vec![2, 6], v).unwrap();
+    let inputs = [
+        ("input_ids", t(vec![2, 17, 40, 63, 3, 0, 2, 9, 3, 0, 0, 0])),
+        ("attention_mask", t(vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0])),
+        ("token_type_ids", t(vec![0; 12])),
+    ];
+    let views: Vec<_> = inputs.iter().map(|(n, t)| (*n, t.view())).collect();
+    let got = model.prepare(&fused(true)).unwrap().session().unwrap().run(&views).unwrap();
+    let want = model.prepare(&fused(false)).unwrap().session().unwrap().run(&views).unwrap();
+    for info in &model.info().outputs {
+        let (g, w) = (got.get(&info.name).unwrap(), want.get(&info.name).unwrap());
+        let diff = common::max_abs_diff(&info.name, g, w);
+        let scale = common::as_f64(w).iter().fold(1f64, |m, v| m.max(v.abs()));
+        // int8 activations: a last-bit difference can move one quantisation step.
+        assert!(diff <= 1e-2 * scale, "{rel} {}: fused differs by {diff} (values up to {scale})", info.name);
     }
 }
 

@@ -75,9 +75,10 @@ pub struct Options {
     /// ferrite's own (bit-identical outputs, fewer nodes per matmul; see
     /// `backend/tract_fuse.rs`). On by default; off runs the file's standard nodes one by one.
     pub tract_fused_int8: bool,
-    /// On tract, run the exporter's decoder attention blocks (keys-major, one per layer) as one
-    /// op of ferrite's own that reads the KV cache once instead of packing and copying it
-    /// (`backend/tract_fuse/attention.rs`; equal to rounding, not bit for bit). On by default.
+    /// On tract, run each of the exporter's attention blocks (decoders' keys-major ones,
+    /// encoders' query-major ones) as one op of ferrite's own that reads Q, K, V and the mask
+    /// once instead of packing and copying them (`backend/tract_fuse/attention.rs`; equal to
+    /// rounding, not bit for bit). On by default.
     pub tract_fused_attention: bool,
 }
 

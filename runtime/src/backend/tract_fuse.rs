@@ -57,7 +57,8 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
     });
     onnx.op_register.insert(ATTENTION, |_, node| {
         let scale = node.get_attr::<f32>("scale")?;
-        Ok((expand(attention::AttentionExpansion { scale }), vec![]))
+        let keys_major = node.get_attr_opt::<i64>("keys_major")?.unwrap_or(1) == 1;
+        Ok((expand(attention::AttentionExpansion { scale, keys_major }), vec![]))
     });
 }
 
@@ -74,14 +75,17 @@ fn fusable_graph(model: &mut ModelProto) -> Option<&mut GraphProto> {
     Some(graph)
 }
 
-/// Rewrites the exporter's keys-major decoder attention blocks of a ferrite-exported model into
-/// one `FerriteAttention` node each (see `tract_fuse/attention.rs`); returns how many.
+/// Rewrites the exporter's attention blocks (keys-major in decoders, query-major in encoders) of
+/// a ferrite-exported model into one `FerriteAttention` node each (see `tract_fuse/attention.rs`); returns how many.
 pub(crate) fn fuse_attention(model: &mut ModelProto) -> usize {
     let Some(graph) = fusable_graph(model) else { return 0 };
     let mut fused = 0;
     loop {
         let index = GraphIndex::new(graph);
-        let Some(m) = (0..graph.node.len()).find_map(|i| attention::match_attention(&index, graph, i)) else {
+        let Some(m) = (0..graph.node.len()).find_map(|i| {
+            attention::match_attention(&index, graph, i)
+                .or_else(|| attention::match_query_major(&index, graph, i))
+        }) else {
             break;
         };
         apply(graph, m);

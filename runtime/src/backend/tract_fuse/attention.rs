@@ -14,6 +14,12 @@
 //! dot products, then the bias, then a max-subtracted softmax), but sums run in a different
 //! order than tract's kernels, so results agree to rounding, not bit for bit
 //! (tests/fused_attention.rs compares logits and greedy ids with the unfused graph).
+//!
+//! Encoders (exporter/src/arch/bert.rs) write the usual query-major block, `MatMul(Q, Kᵀ) →
+//! scale → Add(padding mask [B, 1, 1, T]) → Softmax(axis −1) → MatMul(probs, V) → Transpose`;
+//! [`match_query_major`] fuses that into the same op, which then reads the mask as `[B, H, S, T]`
+//! (`keys_major = 0`). There the gain is the softmax and the broadcasting mask `Add`, which tract
+//! ran as separate passes over every `[B, H, S, T]` score tensor.
 
 use tract_onnx::pb::{self, GraphProto, NodeProto};
 use tract_onnx::prelude::*;
@@ -76,35 +82,87 @@ pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) ->
     if shape_readers == 0 {
         remove.extend([mul_i, scores_i, qt_i]);
     }
-    let node = NodeProto {
+    let inputs = [&qt.input[0], &scores.input[0], &vt.input[0], &add.input[1]];
+    let node = attention_node(out, inputs, scale, true);
+    Some(Match { remove, insert_at: at, node })
+}
+
+/// Matches one encoder (query-major) attention block, as exporter/src/arch/bert.rs writes it:
+/// `MatMul(Q, Transpose(K)) → Mul(scale) → Add(mask) → Softmax(axis −1) → MatMul(probs, V) →
+/// Transpose(perm 0,2,1,3)`, anchored at that last `Transpose`.
+pub(super) fn match_query_major(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
+    let out = &g.node[at];
+    if out.op_type != "Transpose"
+        || !out.domain.is_empty()
+        || out.input.len() != 1
+        || out.output.len() != 1
+        || !is_transpose(out, &[0, 2, 1, 3])
+    {
+        return None;
+    }
+    let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
+    let (sm_i, sm) = ix.node(g, &ctx.input[0], "Softmax", 1)?;
+    if sm.attribute.len() != 1 || !matches!(super::int_attr(sm, "axis"), Some(-1 | 3)) {
+        return None;
+    }
+    let (add_i, add) = ix.node(g, &sm.input[0], "Add", 2)?;
+    let (mul_i, mul) = ix.node(g, &add.input[0], "Mul", 2)?;
+    let scale = ix.scalar_value(&mul.input[1])?;
+    let (scores_i, scores) = ix.node(g, &mul.input[0], "MatMul", 2)?;
+    let (kt_i, kt) = ix.node(g, &scores.input[1], "Transpose", 1)?;
+    if !is_transpose(kt, &[0, 1, 3, 2]) {
+        return None;
+    }
+    let private =
+        [&ctx.output[0], &sm.output[0], &add.output[0], &mul.output[0], &scores.output[0], &kt.output[0]];
+    if private.iter().any(|name| ix.uses(name) != 1) {
+        return None;
+    }
+    let inputs = [&scores.input[0], &kt.input[0], &ctx.input[1], &add.input[1]];
+    let node = attention_node(out, inputs, scale, false);
+    Some(Match { remove: vec![at, ctx_i, sm_i, add_i, mul_i, scores_i, kt_i], insert_at: at, node })
+}
+
+/// The `FerriteAttention` node replacing a block whose last node is `out`.
+fn attention_node(out: &NodeProto, inputs: [&String; 4], scale: f32, keys_major: bool) -> NodeProto {
+    NodeProto {
         name: format!("{}.fused_attention", out.name),
         op_type: ATTENTION.into(),
         domain: DOMAIN.into(),
         // Q, K, V, additive bias
-        input: vec![qt.input[0].clone(), scores.input[0].clone(), vt.input[0].clone(), add.input[1].clone()],
+        input: inputs.iter().map(|s| (*s).clone()).collect(),
         output: vec![out.output[0].clone()],
-        attribute: vec![pb::AttributeProto {
-            name: "scale".into(),
-            r#type: pb::attribute_proto::AttributeType::Float as i32,
-            f: scale,
-            ..Default::default()
-        }],
+        attribute: vec![
+            pb::AttributeProto {
+                name: "scale".into(),
+                r#type: pb::attribute_proto::AttributeType::Float as i32,
+                f: scale,
+                ..Default::default()
+            },
+            pb::AttributeProto {
+                name: "keys_major".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: keys_major as i64,
+                ..Default::default()
+            },
+        ],
         ..Default::default()
-    };
-    Some(Match { remove, insert_at: at, node })
+    }
 }
 
 /// `(Q f32 [B, H, S, D], K f32 [B, H, T, D], V f32 [B, H, T, D], bias f32 broadcastable to
-/// [B, H, T, S])` → context f32 `[B, S, H, D]`, with `probs = softmax over T of
+/// [B, H, T, S] (keys-major, the decoder's) or [B, H, S, T] (query-major, the encoder's))` → context f32 `[B, S, H, D]`, with `probs = softmax over T of
 /// (K·Qᵀ)·scale + bias` and `context = probsᵀ·V`.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct AttentionExpansion {
     pub(super) scale: f32,
+    pub(super) keys_major: bool,
 }
 
 impl std::hash::Hash for AttentionExpansion {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.scale.to_bits().hash(state);
+        self.keys_major.hash(state);
     }
 }
 
@@ -133,7 +191,11 @@ impl Expansion for AttentionExpansion {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, Attention { scale_bits: self.scale.to_bits() }, inputs)
+        model.wire_node(
+            prefix,
+            Attention { scale_bits: self.scale.to_bits(), keys_major: self.keys_major },
+            inputs,
+        )
     }
 }
 
@@ -141,6 +203,8 @@ impl Expansion for AttentionExpansion {
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub(crate) struct Attention {
     scale_bits: u32,
+    /// The bias is laid out `[B, H, T, S]` (else `[B, H, S, T]`).
+    keys_major: bool,
 }
 
 impl Op for Attention {
@@ -248,7 +312,13 @@ impl EvalOp for Attention {
             k.shape(),
             v.shape()
         );
-        let strides = broadcast_strides(bias.shape(), [b, h, t, s])?;
+        // Strides of (batch, head, key, query) into the bias, whichever its layout.
+        let strides = if self.keys_major {
+            broadcast_strides(bias.shape(), [b, h, t, s])?
+        } else {
+            let [sb, sh, sq, sk] = broadcast_strides(bias.shape(), [b, h, s, t])?;
+            [sb, sh, sk, sq]
+        };
         let (q, k, v, bias) =
             (q.try_as_plain_ram()?, k.try_as_plain_ram()?, v.try_as_plain_ram()?, bias.try_as_plain_ram()?);
         let (q, k, v, bias) =
