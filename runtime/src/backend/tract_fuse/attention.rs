@@ -39,17 +39,39 @@ fn is_transpose(n: &NodeProto, perm: &[i64]) -> bool {
     ints_attr(n, "perm") == Some(perm)
 }
 
+/// The block's last node: a one-input `Transpose` with permutation `perm`.
+fn anchor<'g>(g: &'g GraphProto, at: usize, perm: &[i64]) -> Option<&'g NodeProto> {
+    let n = &g.node[at];
+    (n.op_type == "Transpose"
+        && n.domain.is_empty()
+        && n.input.len() == 1
+        && n.output.len() == 1
+        && is_transpose(n, perm))
+    .then_some(n)
+}
+
+/// The scaled, biased scores both layouts share, `Add(Mul(MatMul(a, Transpose(b, perm
+/// 0,1,3,2)), scale), bias)`, found from the `Add`'s output: each node with its index.
+struct Scores<'g> {
+    add: (usize, &'g NodeProto),
+    mul: (usize, &'g NodeProto),
+    scale: f32,
+    product: (usize, &'g NodeProto),
+    transposed: (usize, &'g NodeProto),
+}
+
+fn scores<'g>(ix: &GraphIndex<'_>, g: &'g GraphProto, name: &str) -> Option<Scores<'g>> {
+    let add = ix.node(g, name, "Add", 2)?;
+    let mul = ix.node(g, &add.1.input[0], "Mul", 2)?;
+    let scale = ix.scalar_value(&mul.1.input[1])?;
+    let product = ix.node(g, &mul.1.input[0], "MatMul", 2)?;
+    let transposed = ix.node(g, &product.1.input[1], "Transpose", 1)?;
+    is_transpose(transposed.1, &[0, 1, 3, 2]).then_some(Scores { add, mul, scale, product, transposed })
+}
+
 /// Matches one attention block, anchored at its last node (the context's `Transpose`).
 pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
-    let out = &g.node[at];
-    if out.op_type != "Transpose"
-        || !out.domain.is_empty()
-        || out.input.len() != 1
-        || out.output.len() != 1
-        || !is_transpose(out, &[0, 3, 1, 2])
-    {
-        return None;
-    }
+    let out = anchor(g, at, &[0, 3, 1, 2])?;
     let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
     let (vt_i, vt) = ix.node(g, &ctx.input[0], "Transpose", 1)?;
     let (sm_i, sm) = ix.node(g, &ctx.input[1], "Softmax", 1)?;
@@ -57,14 +79,13 @@ pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) ->
     {
         return None;
     }
-    let (add_i, add) = ix.node(g, &sm.input[0], "Add", 2)?;
-    let (mul_i, mul) = ix.node(g, &add.input[0], "Mul", 2)?;
-    let scale = ix.scalar_value(&mul.input[1])?;
-    let (scores_i, scores) = ix.node(g, &mul.input[0], "MatMul", 2)?;
-    let (qt_i, qt) = ix.node(g, &scores.input[1], "Transpose", 1)?;
-    if !is_transpose(qt, &[0, 1, 3, 2]) {
-        return None;
-    }
+    let Scores {
+        add: (add_i, add),
+        mul: (mul_i, mul),
+        scale,
+        product: (scores_i, scores),
+        transposed: (qt_i, qt),
+    } = scores(ix, g, &sm.input[0])?;
     let private =
         [&ctx.output[0], &vt.output[0], &sm.output[0], &add.output[0], &scores.output[0], &qt.output[0]];
     if private.iter().any(|name| ix.uses(name) != 1) {
@@ -91,28 +112,19 @@ pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) ->
 /// `MatMul(Q, Transpose(K)) → Mul(scale) → Add(mask) → Softmax(axis −1) → MatMul(probs, V) →
 /// Transpose(perm 0,2,1,3)`, anchored at that last `Transpose`.
 pub(super) fn match_query_major(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
-    let out = &g.node[at];
-    if out.op_type != "Transpose"
-        || !out.domain.is_empty()
-        || out.input.len() != 1
-        || out.output.len() != 1
-        || !is_transpose(out, &[0, 2, 1, 3])
-    {
-        return None;
-    }
+    let out = anchor(g, at, &[0, 2, 1, 3])?;
     let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
     let (sm_i, sm) = ix.node(g, &ctx.input[0], "Softmax", 1)?;
     if sm.attribute.len() != 1 || !matches!(super::int_attr(sm, "axis"), Some(-1 | 3)) {
         return None;
     }
-    let (add_i, add) = ix.node(g, &sm.input[0], "Add", 2)?;
-    let (mul_i, mul) = ix.node(g, &add.input[0], "Mul", 2)?;
-    let scale = ix.scalar_value(&mul.input[1])?;
-    let (scores_i, scores) = ix.node(g, &mul.input[0], "MatMul", 2)?;
-    let (kt_i, kt) = ix.node(g, &scores.input[1], "Transpose", 1)?;
-    if !is_transpose(kt, &[0, 1, 3, 2]) {
-        return None;
-    }
+    let Scores {
+        add: (add_i, add),
+        mul: (mul_i, mul),
+        scale,
+        product: (scores_i, scores),
+        transposed: (kt_i, kt),
+    } = scores(ix, g, &sm.input[0])?;
     let private =
         [&ctx.output[0], &sm.output[0], &add.output[0], &mul.output[0], &scores.output[0], &kt.output[0]];
     if private.iter().any(|name| ix.uses(name) != 1) {
