@@ -58,7 +58,7 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(ATTENTION, |_, node| {
         let scale = node.get_attr::<f32>("scale")?;
         let keys_major = node.get_attr_opt::<i64>("keys_major")?.unwrap_or(1) == 1;
-        Ok((expand(attention::AttentionExpansion { scale, keys_major }), vec![]))
+        Ok((expand(attention::AttentionExpansion(attention::Attention::new(scale, keys_major))), vec![]))
     });
 }
 

@@ -163,20 +163,11 @@ fn attention_node(out: &NodeProto, inputs: [&String; 4], scale: f32, keys_major:
 }
 
 /// `(Q f32 [B, H, S, D], K f32 [B, H, T, D], V f32 [B, H, T, D], bias f32 broadcastable to
-/// [B, H, T, S] (keys-major, the decoder's) or [B, H, S, T] (query-major, the encoder's))` → context f32 `[B, S, H, D]`, with `probs = softmax over T of
-/// (K·Qᵀ)·scale + bias` and `context = probsᵀ·V`.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct AttentionExpansion {
-    pub(super) scale: f32,
-    pub(super) keys_major: bool,
-}
-
-impl std::hash::Hash for AttentionExpansion {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.scale.to_bits().hash(state);
-        self.keys_major.hash(state);
-    }
-}
+/// [B, H, T, S] (keys-major, the decoder's) or [B, H, S, T] (query-major, the encoder's))` →
+/// context f32 `[B, S, H, D]`, with `probs = softmax over T of (K·Qᵀ)·scale + bias` and
+/// `context = probsᵀ·V`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub(super) struct AttentionExpansion(pub(super) Attention);
 
 impl Expansion for AttentionExpansion {
     fn name(&self) -> StaticName {
@@ -203,11 +194,7 @@ impl Expansion for AttentionExpansion {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            Attention { scale_bits: self.scale.to_bits(), keys_major: self.keys_major },
-            inputs,
-        )
+        model.wire_node(prefix, self.0.clone(), inputs)
     }
 }
 
@@ -217,6 +204,12 @@ pub(crate) struct Attention {
     scale_bits: u32,
     /// The bias is laid out `[B, H, T, S]` (else `[B, H, S, T]`).
     keys_major: bool,
+}
+
+impl Attention {
+    pub(super) fn new(scale: f32, keys_major: bool) -> Attention {
+        Attention { scale_bits: scale.to_bits(), keys_major }
+    }
 }
 
 impl Op for Attention {
