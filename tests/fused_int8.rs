@@ -2,7 +2,9 @@
 //! per-token quantise/dequantise subgraphs with two ops of ferrite's own. These tests hold it to
 //! its promise: every subgraph of a ferrite int8 export is fused (one pair per `MatMulInteger`),
 //! and the outputs are bit-identical to tract running the file's standard nodes, on a GPT decode
-//! (prefill + steps), an LSTM and a BERT encoder with padding.
+//! (prefill + steps), an LSTM and a BERT encoder with padding. In step graphs (GPT, LSTM) every
+//! `MatMulInteger` also becomes `FerriteMatMulI8` (its own dot products for ≤ 4 activation rows,
+//! tract's plan above): both paths are exercised here and must stay bit-identical too.
 
 mod common;
 
@@ -38,7 +40,11 @@ fn every_int8_matmul_is_fused_and_nothing_else() {
         // No quantisation subgraph is left unfused: its `Round` nodes are gone.
         assert_eq!(count_ops(&path, &fused(true), "RoundHalfToEven"), 0, "{rel}: a Round survived");
         assert!(count_ops(&path, &fused(false), "RoundHalfToEven") > 0, "{rel}");
-        for op in ["FerriteRowQuantizeU8", "FerriteRowDequantize"] {
+        // The few-row matmul only where generation steps: decoders and LSTMs, not BERT.
+        let step_graph = !rel.contains("bert");
+        let expected = if step_graph { matmuls } else { 0 };
+        assert_eq!(count_ops(&path, &fused(true), "FerriteMatMulI8"), expected, "{rel}");
+        for op in ["FerriteRowQuantizeU8", "FerriteRowDequantize", "FerriteMatMulI8"] {
             assert_eq!(count_ops(&path, &fused(false), op), 0, "{rel}: {op} without fusion");
         }
     }
@@ -96,6 +102,28 @@ fn gpt_prefill_and_decode_are_bit_identical() {
             .map(|n| out.iter().find(|(o, _)| *o == n.replace("past", "present")).unwrap().1.clone())
             .collect();
         assert_eq!(past[0].shape()[2], [6, 7, 8, 9][step]);
+    }
+}
+
+/// Batch 2: prefills of 2 and 3 tokens (4 rows: the fused op's own dot products; 6 rows: tract's
+/// plan), then one-token steps (2 rows).
+#[test]
+fn gpt_batched_few_row_steps_are_bit_identical() {
+    let rel = "models/shakespeare-gpt/int8";
+    let names: Vec<String> =
+        (0..4).flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")]).collect();
+    for prompt in [vec![5i64, 900, 17, 4000], vec![5i64, 900, 17, 4000, 250, 3]] {
+        let empty = Tensor::new(vec![2, 4, 0, 32], Vec::<f32>::new()).unwrap();
+        let mut past: Vec<Tensor> = vec![empty; 8];
+        for chunk in [prompt, vec![42, 7], vec![1234, 99]] {
+            let mut inputs = vec![("input_ids", ids(vec![2, chunk.len() / 2], chunk))];
+            inputs.extend(names.iter().map(String::as_str).zip(past.iter().cloned()));
+            let out = run_both(rel, &inputs);
+            past = names
+                .iter()
+                .map(|n| out.iter().find(|(o, _)| *o == n.replace("past", "present")).unwrap().1.clone())
+                .collect();
+        }
     }
 }
 

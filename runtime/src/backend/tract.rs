@@ -76,6 +76,10 @@ impl TractModel {
                     fused.dequantize
                 );
             }
+            let matmuls = super::tract_fuse::fuse_int8_matmuls(&mut proto);
+            if matmuls > 0 {
+                log::debug!("tract: {matmuls} int8 matmuls get the few-row kernel");
+            }
         }
         let dir = model.dir().to_str();
         let parsed = onnx.parse(&proto, dir).map_err(|e| invalid("parsing the graph", e))?;

@@ -26,7 +26,9 @@
 use std::collections::HashMap;
 
 mod attention;
+mod matmul_i8;
 pub(crate) use attention::ATTENTION;
+pub(crate) use matmul_i8::MATMUL_I8;
 
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 use tract_onnx::prelude::*;
@@ -55,6 +57,7 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
         let residual = node.get_attr_opt::<i64>("residual")?.unwrap_or(0) == 1;
         Ok((expand(RowDequantizeExpansion { bias, residual }), vec![]))
     });
+    onnx.op_register.insert(MATMUL_I8, |_, _| Ok((expand(matmul_i8::MatMulI8Expansion), vec![])));
     onnx.op_register.insert(ATTENTION, |_, node| {
         let scale = node.get_attr::<f32>("scale")?;
         let keys_major = node.get_attr_opt::<i64>("keys_major")?.unwrap_or(1) == 1;
@@ -86,6 +89,28 @@ pub(crate) fn fuse_attention(model: &mut ModelProto) -> usize {
             attention::match_attention(&index, graph, i)
                 .or_else(|| attention::match_query_major(&index, graph, i))
         }) else {
+            break;
+        };
+        apply(graph, m);
+        fused += 1;
+    }
+    fused
+}
+
+/// Rewrites the int8 `MatMulInteger` nodes of a ferrite-exported step graph (a decoder with a
+/// KV cache, an LSTM) into `FerriteMatMulI8`, which has a kernel for one activation row (see
+/// `tract_fuse/matmul_i8.rs`); returns how many. Run after [`fuse_row_quantisation`], whose
+/// dequantisation pattern starts at a `MatMulInteger`.
+pub(crate) fn fuse_int8_matmuls(model: &mut ModelProto) -> usize {
+    let Some(graph) = fusable_graph(model) else { return 0 };
+    if !matmul_i8::is_step_graph(graph) {
+        return 0;
+    }
+    let mut fused = 0;
+    loop {
+        let index = GraphIndex::new(graph);
+        let Some(m) = (0..graph.node.len()).find_map(|i| matmul_i8::match_matmul_integer(&index, graph, i))
+        else {
             break;
         };
         apply(graph, m);
