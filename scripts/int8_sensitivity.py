@@ -9,7 +9,7 @@ reproduces `ferrite eval --reference` within 0.1 point (98.09 % here vs 98.03 % 
 
 Needs the dev venv (torch, transformers, tokenizers):
     .venv-dev/bin/python scripts/int8_sensitivity.py
-Results (2026-11-28) are in models/shakespeare-gpt/README.md.
+Results (2026-11-28; outlier-channel rows 2026-11-29) are in models/shakespeare-gpt/README.md.
 """
 import math
 from pathlib import Path
@@ -104,4 +104,52 @@ for layer in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]:
     others = [k for k in ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] if k != layer]
     variant(f"only {layer}'s activations int8 (weights int8 everywhere), head weight-only",
             float_activations=others, head="weight-only")
+
+
+def channel_maxima(text, windows=16):
+    """Per-input-channel max |x| of every Conv1D over `windows` windows of another play."""
+    cal = Tokenizer.from_file(str(MODEL / "tokenizer.json")).encode(text.read_text()).ids
+    c = torch.tensor([cal[i : i + WINDOW] for i in range(0, windows * WINDOW, WINDOW)])
+    maxima = {}
+
+    def hook(module, inputs):
+        m = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+        maxima[names[module]] = torch.maximum(maxima.get(names[module], torch.zeros_like(m)), m)
+
+    hooks = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, pu.Conv1D)]
+    pu.Conv1D.forward = conv1d_forward
+    with torch.no_grad():
+        model(c)
+    for h in hooks:
+        h.remove()
+    return maxima
+
+
+def outlier_split(maxima, channels):
+    """LLM.int8()-style: the `channels` input channels with the largest calibrated max stay f32
+    (an f32 matmul of their own), the rest take the int8 scheme with a narrower range."""
+    keep = {n: m.sort(descending=True).indices[:channels] for n, m in maxima.items()}
+
+    def forward(self, x):
+        mask = torch.ones(x.shape[-1])
+        mask[keep[names[self]]] = 0
+        return quantise_activation(x * mask) @ quantise_weight(self.weight) + (x * (1 - mask)) @ self.weight + self.bias
+
+    pu.Conv1D.forward = forward
+    wq = quantise_weight(model.lm_head.weight.t()).t()
+    model.lm_head.forward = lambda x: quantise_activation(x) @ wq.t()
+    with torch.no_grad():
+        l = logits()
+    top1 = (l.argmax(-1) == reference_top1).float().mean().item() * 100
+    ppl = (math.exp(cross_entropy(l) - reference_ce) - 1) * 100
+    print(f"| {channels} outlier input channels per block matmul in f32 (calibrated on Hamlet), head int8 "
+          f"| {top1:.2f} % | {ppl:+.3f} % |", flush=True)
+
+
+maxima = channel_maxima(ROOT / "models" / "corpus" / "hamlet_gut.txt")
+for n, m in maxima.items():
+    top = m.sort(descending=True).values
+    print(f"<!-- {n}: largest channel max {top[0]:.2f}, 2nd {top[1]:.2f}, 5th {top[4]:.2f}, median {top.median():.2f} -->")
+for channels in [4, 16]:
+    outlier_split(maxima, channels)
 pu.Conv1D.forward = conv1d_forward

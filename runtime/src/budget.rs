@@ -9,6 +9,9 @@
 //!   loading: tract copies every weight into its buffers (peak RSS 2.4× the weights with external
 //!   data, 3.8× with weights embedded in the protobuf); ONNX Runtime with prepacking keeps a private
 //!   repacked copy (1.2× / 2.4×), without prepacking the weights stay file-backed (1.05× / 2.4×);
+//! - on tract, one more copy of the int8 weights of an int8 step graph (a decoder with a KV cache,
+//!   an LSTM): its few-row int8 matmul keeps them transposed beside tract's packed copy
+//!   (`backend/tract_fuse/matmul_i8.rs`);
 //! - every graph input and output at batch 1 and the given number of positions (symbolic dims
 //!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
 //!   For a GPT-2 bundle at its full context length this is the KV cache;
@@ -58,7 +61,16 @@ pub fn estimate(info: &ModelInfo, options: &Options, positions: usize) -> Memory
     let weights = info.weight_bytes();
     let external = !info.external_data_files.is_empty();
     let factor = weight_factor(options.backend, external, options.ort_prepacking);
-    let loaded_weights = (weights as f64 * factor).ceil() as u64;
+    let few_row_copy = if options.backend == BackendKind::Tract
+        && options.tract_fused_int8
+        && info.ops.contains_key("MatMulInteger")
+        && info.inputs.iter().any(|i| crate::backend::is_step_input(&i.name))
+    {
+        info.initializer_bytes.get("i8").copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let loaded_weights = ((weights as f64 * factor).ceil() as u64).saturating_add(few_row_copy);
     let positions = positions.max(1) as u64;
     // Saturating: a manifest may claim any context length (`sum` would overflow and panic).
     let io: u64 = info
@@ -141,6 +153,18 @@ mod tests {
         assert_eq!(e.total(), 2400 + 176 + FIXED_ALLOWANCE);
         let embedded = estimate(&info(1000, false), &Options::default(), 3);
         assert_eq!(embedded.loaded_weights, 3800);
+    }
+
+    #[test]
+    fn tract_counts_the_few_row_int8_copy_of_step_graphs_only() {
+        let mut int8 = info(1000, true);
+        int8.initializer_bytes.insert("i8".into(), 600);
+        int8.ops.insert("MatMulInteger".into(), 3);
+        let encoder = estimate(&int8, &Options::default(), 3).loaded_weights;
+        assert_eq!(encoder, 3840); // 1600 bytes × 2.4
+        int8.inputs[0].name = "past_key.0".into();
+        assert_eq!(estimate(&int8, &Options::default(), 3).loaded_weights, 3840 + 600);
+        assert_eq!(estimate(&int8, &Options::default().tract_fused_int8(false), 3).loaded_weights, 3840);
     }
 
     #[test]

@@ -48,6 +48,13 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// A graph input that marks a *step graph*, one generation steps through a token at a time: a
+/// KV-cache input (`past_key.*`) or an LSTM state (`h0`), the exporter's interface names
+/// (docs/bundle-format.md). tract's few-row int8 matmul is used, and budgeted, only there.
+pub(crate) fn is_step_input(name: &str) -> bool {
+    name.starts_with("past_key") || name == "h0"
+}
+
 /// How to prepare a model. Built with chained setters:
 ///
 /// ```

@@ -42,10 +42,9 @@ pub(crate) const MAX_ROWS: usize = 4;
 /// ONNX `TensorProto.DataType` of int8.
 const ONNX_INT8: i32 = 3;
 
-/// A graph that generation steps through: it reads a KV cache (`past_key.*`) or an LSTM state
-/// (`h0`) — the exporter's input names (docs/bundle-format.md).
+/// A graph that generation steps through (see [`crate::backend::is_step_input`]).
 pub(super) fn is_step_graph(g: &GraphProto) -> bool {
-    g.input.iter().any(|i| i.name.starts_with("past_key") || i.name == "h0")
+    g.input.iter().any(|i| crate::backend::is_step_input(&i.name))
 }
 
 /// `MatMulInteger(a, b)` with `b` a 2-D int8 initializer and no zero points → [`MATMUL_I8`].
