@@ -143,7 +143,7 @@ impl MatMulI8 {
         let w = weights.try_as_plain_ram()?;
         let w = w.as_slice::<i8>()?;
         let mut columns = vec![0i8; k * n];
-        for (ki, row) in w.chunks_exact(n).enumerate() {
+        for (ki, row) in w.chunks(n.max(1)).enumerate().take(k) {
             for (ni, &v) in row.iter().enumerate() {
                 columns[ni * k + ki] = v;
             }
@@ -153,6 +153,10 @@ impl MatMulI8 {
 
     /// `out[r·N + j] = Σₖ a[r·K + k] · w[k, j]` for every row of `a`.
     fn rows(&self, a: &[u8], out: &mut [i32]) {
+        if self.k == 0 || self.n == 0 {
+            out.fill(0); // an empty sum (or no output at all)
+            return;
+        }
         let mut wide = vec![0i16; self.k];
         for (row, out) in a.chunks_exact(self.k).zip(out.chunks_exact_mut(self.n)) {
             wide.iter_mut().zip(row).for_each(|(w, &v)| *w = i16::from(v));
@@ -317,6 +321,17 @@ mod tests {
                     assert_eq!(i64::from(got[r * n + j]), want, "rows {rows}, ({r}, {j})");
                 }
             }
+        }
+    }
+
+    /// Degenerate weights (`K = 0` or `N = 0`) give zeros or nothing, as `MatMulInteger` does.
+    #[test]
+    fn empty_weights() {
+        for (k, n) in [(0, 3), (3, 0), (0, 0)] {
+            let op = MatMulI8::new(&weights(k, n)).unwrap();
+            let out = op.multiply(owned(&[2, k], vec![7u8; 2 * k]).unwrap()).unwrap();
+            assert_eq!(out.shape(), &[2, n]);
+            assert!(out.try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().iter().all(|&v| v == 0));
         }
     }
 
