@@ -105,7 +105,7 @@ impl Expansion for MatMulI8Expansion {
             .konst
             .clone()
             .with_context(|| format!("{MATMUL_I8}: the weights of {prefix} are not a constant"))?;
-        let op = MatMulI8::new(&weights)?;
+        let op = MatMulI8::new(&weights, &model.symbols)?;
         model.wire_node(prefix, op, &inputs[..1])
     }
 }
@@ -136,7 +136,9 @@ impl PartialEq for MatMulI8 {
 impl Eq for MatMulI8 {}
 
 impl MatMulI8 {
-    fn new(weights: &Tensor) -> TractResult<MatMulI8> {
+    /// `symbols`: the scope of the model being typed, which the inner plan must share (see
+    /// [`plan_matmul_integer`]).
+    fn new(weights: &Tensor, symbols: &SymbolScope) -> TractResult<MatMulI8> {
         let &[k, n] = weights.shape() else {
             bail!("{MATMUL_I8}: weights {:?} are not [K, N]", weights.shape())
         };
@@ -148,7 +150,7 @@ impl MatMulI8 {
                 columns[ni * k + ki] = v;
             }
         }
-        Ok(MatMulI8 { k, n, columns: columns.into(), many_rows: plan_matmul_integer(k, n, w)? })
+        Ok(MatMulI8 { k, n, columns: columns.into(), many_rows: plan_matmul_integer(k, n, w, symbols)? })
     }
 
     /// `out[r·N + j] = Σₖ a[r·K + k] · w[k, j]` for every row of `a`.
@@ -167,7 +169,17 @@ impl MatMulI8 {
 
 /// tract's own optimised plan of `MatMulInteger(a u8 [rows, K], w i8 [K, N])`, parsed from a
 /// one-node ONNX graph so it is exactly what tract would have run in place of [`MatMulI8`].
-fn plan_matmul_integer(k: usize, n: usize, w: &[i8]) -> TractResult<Arc<TypedRunnableModel>> {
+///
+/// The inner model is built in the symbol scope of the model being typed: tract caches symbolic
+/// proofs per thread for the scope it is optimising (`ProofCacheSession`), and a second scope
+/// optimised inside that session would read and fill the outer scope's cache (a debug assertion
+/// in tract-data, `ProofCacheSession scope_id mismatch`; silently shared proofs in release).
+fn plan_matmul_integer(
+    k: usize,
+    n: usize,
+    w: &[i8],
+    symbols: &SymbolScope,
+) -> TractResult<Arc<TypedRunnableModel>> {
     use pb::tensor_shape_proto::{Dimension, dimension::Value as Dim};
     let dim = |value| Dimension { value: Some(value), ..Default::default() };
     let tensor_type = |elem_type: i32, dims: Vec<Dimension>| pb::TypeProto {
@@ -208,7 +220,11 @@ fn plan_matmul_integer(k: usize, n: usize, w: &[i8]) -> TractResult<Arc<TypedRun
         graph: Some(graph),
         ..Default::default()
     };
-    tract_onnx::onnx().model_for_proto_model(&proto)?.into_optimized()?.into_runnable()
+    let template = InferenceModel { symbols: symbols.clone(), ..Default::default() };
+    tract_onnx::onnx()
+        .model_for_proto_model_with_model_template(&proto, template)?
+        .into_optimized()?
+        .into_runnable()
 }
 
 /// `out[j] = Σₖ x[k] · columns[j·K + k]`, AVX2 when the CPU has it.
@@ -304,7 +320,7 @@ mod tests {
     #[test]
     fn both_paths_equal_the_definition() {
         let (k, n) = (37, 11);
-        let op = MatMulI8::new(&weights(k, n)).unwrap();
+        let op = MatMulI8::new(&weights(k, n), &SymbolScope::default()).unwrap();
         let w = weights(k, n);
         let w = w.try_as_plain_ram().unwrap();
         let w = w.as_slice::<i8>().unwrap();
@@ -328,7 +344,7 @@ mod tests {
     #[test]
     fn empty_weights() {
         for (k, n) in [(0, 3), (3, 0), (0, 0)] {
-            let op = MatMulI8::new(&weights(k, n)).unwrap();
+            let op = MatMulI8::new(&weights(k, n), &SymbolScope::default()).unwrap();
             let out = op.multiply(owned(&[2, k], vec![7u8; 2 * k]).unwrap()).unwrap();
             assert_eq!(out.shape(), &[2, n]);
             assert!(out.try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().iter().all(|&v| v == 0));
@@ -337,7 +353,7 @@ mod tests {
 
     #[test]
     fn wrong_width_is_an_error() {
-        let op = MatMulI8::new(&weights(8, 3)).unwrap();
+        let op = MatMulI8::new(&weights(8, 3), &SymbolScope::default()).unwrap();
         let input = owned(&[1, 7], vec![0u8; 7]).unwrap();
         assert!(op.multiply(input).is_err());
     }
