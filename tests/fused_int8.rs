@@ -84,46 +84,42 @@ fn ids(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
     Tensor::new(shape, v).unwrap()
 }
 
-#[test]
-fn gpt_prefill_and_decode_are_bit_identical() {
+/// Runs the shipped GPT int8 through `chunks` (each `batch` sequences of equal length, row-major)
+/// fused and unfused, carrying the cache; returns the cache length after each chunk.
+fn gpt_steps_both(batch: usize, chunks: Vec<Vec<i64>>) -> Vec<usize> {
     let rel = "models/shakespeare-gpt/int8";
-    let empty = |_: usize| Tensor::new(vec![1, 4, 0, 32], Vec::<f32>::new()).unwrap();
-    let mut past: Vec<Tensor> = (0..8).map(empty).collect();
     let names: Vec<String> =
         (0..4).flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")]).collect();
-    for (step, chunk) in
-        [vec![5i64, 900, 17, 4000, 250, 3], vec![42], vec![1234], vec![7]].into_iter().enumerate()
-    {
-        let mut inputs = vec![("input_ids", ids(vec![1, chunk.len()], chunk))];
+    let empty = Tensor::new(vec![batch, 4, 0, 32], Vec::<f32>::new()).unwrap();
+    let mut past: Vec<Tensor> = vec![empty; 8];
+    let mut lengths = Vec::new();
+    for chunk in chunks {
+        let mut inputs = vec![("input_ids", ids(vec![batch, chunk.len() / batch], chunk))];
         inputs.extend(names.iter().map(String::as_str).zip(past.iter().cloned()));
         let out = run_both(rel, &inputs);
         past = names
             .iter()
             .map(|n| out.iter().find(|(o, _)| *o == n.replace("past", "present")).unwrap().1.clone())
             .collect();
-        assert_eq!(past[0].shape()[2], [6, 7, 8, 9][step]);
+        lengths.push(past[0].shape()[2]);
     }
+    lengths
+}
+
+#[test]
+fn gpt_prefill_and_decode_are_bit_identical() {
+    let chunks = vec![vec![5i64, 900, 17, 4000, 250, 3], vec![42], vec![1234], vec![7]];
+    assert_eq!(gpt_steps_both(1, chunks), [6, 7, 8, 9]);
 }
 
 /// Batch 2: prefills of 2 and 3 tokens (4 rows: the fused op's own dot products; 6 rows: tract's
 /// plan), then one-token steps (2 rows).
 #[test]
 fn gpt_batched_few_row_steps_are_bit_identical() {
-    let rel = "models/shakespeare-gpt/int8";
-    let names: Vec<String> =
-        (0..4).flat_map(|l| [format!("past_key.{l}"), format!("past_value.{l}")]).collect();
     for prompt in [vec![5i64, 900, 17, 4000], vec![5i64, 900, 17, 4000, 250, 3]] {
-        let empty = Tensor::new(vec![2, 4, 0, 32], Vec::<f32>::new()).unwrap();
-        let mut past: Vec<Tensor> = vec![empty; 8];
-        for chunk in [prompt, vec![42, 7], vec![1234, 99]] {
-            let mut inputs = vec![("input_ids", ids(vec![2, chunk.len() / 2], chunk))];
-            inputs.extend(names.iter().map(String::as_str).zip(past.iter().cloned()));
-            let out = run_both(rel, &inputs);
-            past = names
-                .iter()
-                .map(|n| out.iter().find(|(o, _)| *o == n.replace("past", "present")).unwrap().1.clone())
-                .collect();
-        }
+        let first = prompt.len() / 2;
+        let lengths = gpt_steps_both(2, vec![prompt, vec![42, 7], vec![1234, 99]]);
+        assert_eq!(lengths, [first, first + 1, first + 2]);
     }
 }
 
