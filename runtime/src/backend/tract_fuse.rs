@@ -106,15 +106,13 @@ pub(crate) fn fuse_int8_matmuls(model: &mut ModelProto) -> usize {
     if !matmul_i8::is_step_graph(graph) {
         return 0;
     }
-    let mut fused = 0;
-    loop {
-        let index = GraphIndex::new(graph);
-        let Some(m) = (0..graph.node.len()).find_map(|i| matmul_i8::match_matmul_integer(&index, graph, i))
-        else {
-            break;
-        };
-        apply(graph, m);
-        fused += 1;
+    // One node for one node, in place: one index and one pass do it.
+    let index = GraphIndex::new(graph);
+    let matches: Vec<Match> =
+        (0..graph.node.len()).filter_map(|i| matmul_i8::match_matmul_integer(&index, graph, i)).collect();
+    let fused = matches.len();
+    for m in matches {
+        graph.node[m.insert_at] = m.node;
     }
     fused
 }
