@@ -108,11 +108,12 @@ pub(crate) fn fuse_int8_matmuls(model: &mut ModelProto) -> usize {
     }
     // One node for one node, in place: one index and one pass do it.
     let index = GraphIndex::new(graph);
-    let matches: Vec<Match> =
-        (0..graph.node.len()).filter_map(|i| matmul_i8::match_matmul_integer(&index, graph, i)).collect();
-    let fused = matches.len();
-    for m in matches {
-        graph.node[m.insert_at] = m.node;
+    let replacements: Vec<(usize, NodeProto)> = (0..graph.node.len())
+        .filter_map(|i| matmul_i8::match_matmul_integer(&index, graph, i).map(|node| (i, node)))
+        .collect();
+    let fused = replacements.len();
+    for (i, node) in replacements {
+        graph.node[i] = node;
     }
     fused
 }

@@ -29,7 +29,7 @@ use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
 };
 
-use super::{DOMAIN, GraphIndex, Match, owned};
+use super::{DOMAIN, GraphIndex, owned};
 
 /// Op type of the fused matmul node (registered in tract's ONNX op registry only).
 pub(crate) const MATMUL_I8: &str = "FerriteMatMulI8";
@@ -47,8 +47,9 @@ pub(super) fn is_step_graph(g: &GraphProto) -> bool {
     g.input.iter().any(|i| crate::backend::is_step_input(&i.name))
 }
 
-/// `MatMulInteger(a, b)` with `b` a 2-D int8 initializer and no zero points → [`MATMUL_I8`].
-pub(super) fn match_matmul_integer(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
+/// `MatMulInteger(a, b)` with `b` a 2-D int8 initializer and no zero points → the
+/// [`MATMUL_I8`] node that takes its place (same inputs and output).
+pub(super) fn match_matmul_integer(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<NodeProto> {
     let n = &g.node[at];
     if n.op_type != "MatMulInteger" || !n.domain.is_empty() || n.input.len() != 2 || n.output.len() != 1 {
         return None;
@@ -57,15 +58,14 @@ pub(super) fn match_matmul_integer(ix: &GraphIndex<'_>, g: &GraphProto, at: usiz
     if b.data_type != ONNX_INT8 || b.dims.len() != 2 {
         return None;
     }
-    let node = NodeProto {
+    Some(NodeProto {
         name: format!("{}.fused_i8", n.name),
         op_type: MATMUL_I8.into(),
         domain: DOMAIN.into(),
         input: n.input.clone(),
         output: n.output.clone(),
         ..Default::default()
-    };
-    Some(Match { remove: vec![at], insert_at: at, node })
+    })
 }
 
 /// `(a u8 [..., K], b i8 [K, N] constant)` → i32 `[..., N]`, `MatMulInteger` without zero points.
