@@ -3,7 +3,7 @@
 //! The activation is quantised at run time to uint8 and multiplied with the int8 weight by
 //! `MatMulInteger` into int32 (the only path with real int8 compute on tract, and a fast one on
 //! ONNX Runtime); the product is scaled back by `x_scale · w_scale[out]` after the matmul. Dense
-//! layers use one scale and zero point per token ([`matmul_per_token`]: measured better on all-MiniLM-L6-v2 than
+//! layers use one scale and minimum per token ([`matmul_per_token`]: measured better on all-MiniLM-L6-v2 than
 //! `DynamicQuantizeLinear`'s one scale per tensor, [`matmul`], see the exporter README). The
 //! weight's zero point is 0 (symmetric). Weight scales use 127, not 128, so
 //! that `-w` quantises to `-q` exactly. Embedding tables get int8 rows ([`gather`]).
@@ -83,26 +83,28 @@ pub fn widened_rows(g: &mut GraphBuilder, name: &str, dims: [usize; 3], data: &[
 }
 
 /// `x · Wᵀ` with the activation quantised per token (per row of the last axis), asymmetric:
-/// each row's `[min(x,0), max(x,0)]` range is mapped onto the 256 uint8 codes with its own scale
-/// and zero point, and `MatMulInteger` (uint8 × int8, no zero-point inputs) multiplies the codes.
+/// each row's `[min, max]` range is mapped onto the 256 uint8 codes with its own scale, and
+/// `MatMulInteger` (uint8 × int8, no zero-point inputs) multiplies the codes.
 ///
 /// Why per token: `DynamicQuantizeLinear` gives a whole `[B,S,D]` tensor one scale, so one token
 /// with large activations (BERT's `[CLS]`/`[SEP]`/punctuation rows) coarsens every other token's
 /// codes. Why asymmetric: post-GELU and post-LayerNorm rows are lopsided, and a symmetric code
 /// leaves half of its 256 levels unused (measured on all-MiniLM-L6-v2, see the exporter README).
 ///
-/// The row's zero point `z` is folded out after the integer product, exactly, in int32:
-/// `Σ_i (q_i − z)·w_io = (q·W)_o − z·Σ_i w_io`, with the int32 column sums of the int8 codes
-/// (`ReduceSum` of the codes, a constant both backends fold at load). Only ops both backends
-/// run with int32 (`Mul`, `Sub`, `Cast`, `ReduceSum`).
+/// The codes are `q = round((x − min) / scale)`, so `x ≈ scale·q + min` and the row minimum is
+/// added back after the integer product: `Σ_i x_i·w_io ≈ scale·(q·W)_o + min·Σ_i w_io`, with the
+/// column sums of the int8 codes (`ReduceSum` of the codes, a constant both backends fold at
+/// load). Session 8 replaced a rounded integer zero point folded out in int32 (`min(x, 0)`,
+/// 21 nodes per matmul) with this form (14 nodes): ONNX Runtime dispatches every node at a
+/// decode step, and the 7 fewer made its int8 step ~10 % faster (docs/runtime.md).
 pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
     let w = store(g, layer);
     matmul_stored(g, x, &w)
 }
 
 /// A dense layer's weight as [`matmul_per_token`] stores it: int8 codes `[inp, out]`
-/// (MatMulInteger's B), f32 scales `[out]` and the int32 column sums of the codes `[out]`
-/// (computed in the graph from the codes, folded at load).
+/// (MatMulInteger's B), f32 scales `[out]` and the column sums of the codes `[out]` (exact
+/// integers as f32, computed in the graph from the codes, folded at load).
 pub struct StoredWeight {
     codes: String,
     scales: String,
@@ -118,6 +120,7 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
     let wide = g.op("Cast", &[&w], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
     let rows = g.const_i64(&[0]);
     let sums = g.op("ReduceSum", &[&wide, &rows], vec![("keepdims", Attr::Int(0))]);
+    let sums = g.op("Cast", &[&sums], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
     StoredWeight { codes: w, scales: ws, column_sums: sums }
 }
 
@@ -143,33 +146,23 @@ pub fn gather_columns(g: &mut GraphBuilder, w: &StoredWeight, ids: &str) -> Stri
 /// Change them together; tests/fused_int8.rs fails when a pattern stops being fused.
 pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String {
     let last_axis = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
-    let zero = g.scalar_f32(0.0);
     let lo = g.op("ReduceMin", &[x], last_axis());
-    let lo = g.op("Min", &[&lo, &zero], vec![]);
     let hi = g.op("ReduceMax", &[x], last_axis());
-    let hi = g.op("Max", &[&hi, &zero], vec![]);
     let range = g.op("Sub", &[&hi, &lo], vec![]);
-    // An all-zero row would divide by zero: its codes are its zero point whatever the scale.
+    // A constant row would divide by zero: its codes are all 0 whatever the scale, and `lo`
+    // carries its value exactly.
     let tiny = g.scalar_f32(f32::MIN_POSITIVE);
     let range = g.op("Max", &[&range, &tiny], vec![]);
     let inv255 = g.scalar_f32(1.0 / 255.0);
     let scale = g.op("Mul", &[&range, &inv255], vec![]);
-    // lo ≤ 0 ≤ hi, so the zero point −lo/scale lies in 0..=255 and zero is exactly representable.
-    let neg_lo = g.op("Neg", &[&lo], vec![]);
-    let zp = g.op("Div", &[&neg_lo, &scale], vec![]);
-    let zp = g.op("Round", &[&zp], vec![]);
-    let q = g.op("Div", &[x, &scale], vec![]);
+    let shifted = g.op("Sub", &[x, &lo], vec![]);
+    let q = g.op("Div", &[&shifted, &scale], vec![]);
     let q = g.op("Round", &[&q], vec![]);
-    let q = g.op("Add", &[&q, &zp], vec![]);
-    let lo_code = g.scalar_f32(0.0);
-    let hi_code = g.scalar_f32(255.0);
-    let q = g.op("Clip", &[&q, &lo_code, &hi_code], vec![]);
     let q = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::U8.code() as i64))]);
     let acc = g.op("MatMulInteger", &[&q, &w.codes], vec![]);
-    let zp_i = g.op("Cast", &[&zp], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
-    let correction = g.op("Mul", &[&zp_i, &w.column_sums], vec![]);
-    let acc = g.op("Sub", &[&acc, &correction], vec![]);
     let acc = g.op("Cast", &[&acc], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
     let acc = g.op("Mul", &[&acc, &scale], vec![]);
+    let offset = g.op("Mul", &[&lo, &w.column_sums], vec![]);
+    let acc = g.op("Add", &[&acc, &offset], vec![]);
     g.op("Mul", &[&acc, &w.scales], vec![])
 }

@@ -2,20 +2,20 @@
 //! standard-ONNX subgraphs the exporter writes around every int8 `MatMulInteger`.
 //!
 //! The exporter's int8 scheme (exporter/src/quant/int8.rs, `matmul_stored`) quantises each
-//! activation row to uint8 with its own scale and zero point, and folds the zero point out of the
-//! int32 product afterwards. In standard ONNX that is 15 element-wise/reduce nodes before the
-//! matmul and 6 after it, which both backends run — but tract evaluates each node on its own
-//! (dispatch, an output allocation, a pass over the data), and at a decode step, where every
-//! tensor is one row, those ~21 nodes per matmul cost more than the int8 matmul saves
-//! (measured: docs/runtime.md, "Session 5: fused int8 quantisation").
+//! activation row to uint8 codes over the row's own `[min, max]` range, and adds the row minimum
+//! back after the integer product (`scale · (q·W) + min · Σ_i W_i`). In standard ONNX that is 9
+//! element-wise/reduce nodes before the matmul and 5 after it, which both backends run — but
+//! tract evaluates each node on its own (dispatch, an output allocation, a pass over the data),
+//! and at a decode step, where every tensor is one row, those nodes cost more than the int8
+//! matmul saves (measured: docs/runtime.md, "Session 5: fused int8 quantisation").
 //!
 //! Before tract parses a ferrite-exported file, [`fuse_row_quantisation`] rewrites the in-memory
 //! protobuf (the file, and what ONNX Runtime sees, are unchanged):
-//! - quantise: `ReduceMin/ReduceMax → Min/Max with 0 → Sub → Max(MIN_POSITIVE) → Mul(1/255)`
-//!   (scale), `Neg → Div → Round` (zero point), `Div → Round → Add → Clip(0, 255) → Cast(u8)`
-//!   (codes) becomes one [`RowQuantize`] node with those three outputs;
-//! - dequantise: `Cast(zp → i32) → Mul(column sums) → Sub from the product → Cast(f32) →
-//!   Mul(row scale) → Mul(weight scales)` becomes one [`RowDequantize`] node.
+//! - quantise: `ReduceMin`, `ReduceMax → Sub(min) → Max(MIN_POSITIVE) → Mul(1/255)` (scale),
+//!   `Sub(x, min) → Div(scale) → Round → Cast(u8)` (codes) becomes one [`RowQuantize`] node with
+//!   three outputs (codes, scale, min);
+//! - dequantise: `Cast(product → f32) → Mul(row scale)`, `Mul(row min, column sums)`, `Add`,
+//!   `Mul(weight scales)` becomes one [`RowDequantize`] node.
 //!
 //! Each fused op computes exactly the arithmetic of the nodes it replaces, in the same order and
 //! with the same f32 operations (division, not a multiplied reciprocal; ties-to-even rounding),
@@ -47,7 +47,6 @@ const DOMAIN: &str = "ai.ferrite";
 /// ONNX `TensorProto.DataType` codes used by the patterns.
 const ONNX_FLOAT: i64 = 1;
 const ONNX_UINT8: i64 = 2;
-const ONNX_INT32: i64 = 6;
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
@@ -275,21 +274,11 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
     {
         return None;
     }
-    let (clip_i, clip) = ix.node(g, &cast.input[0], "Clip", 3)?;
-    if !ix.is_scalar(&clip.input[1], 0.0) || !ix.is_scalar(&clip.input[2], 255.0) {
-        return None;
-    }
-    let (add_i, add) = ix.node(g, &clip.input[0], "Add", 2)?;
-    let (round_q_i, round_q) = ix.node(g, &add.input[0], "Round", 1)?;
-    let (div_q_i, div_q) = ix.node(g, &round_q.input[0], "Div", 2)?;
-    let (x, scale) = (&div_q.input[0], &div_q.input[1]);
-    let (zp_i, zp) = ix.node(g, &add.input[1], "Round", 1)?;
-    let (div_zp_i, div_zp) = ix.node(g, &zp.input[0], "Div", 2)?;
-    if &div_zp.input[1] != scale {
-        return None;
-    }
-    let (neg_i, neg) = ix.node(g, &div_zp.input[0], "Neg", 1)?;
-    let lo = &neg.input[0];
+    let (round_i, round) = ix.node(g, &cast.input[0], "Round", 1)?;
+    let (div_i, div) = ix.node(g, &round.input[0], "Div", 2)?;
+    let scale = &div.input[1];
+    let (shifted_i, shifted) = ix.node(g, &div.input[0], "Sub", 2)?;
+    let (x, lo) = (&shifted.input[0], &shifted.input[1]);
     let (scale_i, scale_n) = ix.node(g, scale, "Mul", 2)?;
     if !ix.is_scalar(&scale_n.input[1], 1.0 / 255.0) {
         return None;
@@ -302,32 +291,25 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
     if &range.input[1] != lo {
         return None;
     }
-    let (hi_i, hi) = ix.node(g, &range.input[0], "Max", 2)?;
-    let (lo_i, lo_n) = ix.node(g, lo, "Min", 2)?;
-    if !ix.is_scalar(&hi.input[1], 0.0) || !ix.is_scalar(&lo_n.input[1], 0.0) {
-        return None;
-    }
-    let (rmax_i, rmax) = ix.node(g, &hi.input[0], "ReduceMax", 1)?;
-    let (rmin_i, rmin) = ix.node(g, &lo_n.input[0], "ReduceMin", 1)?;
+    let (rmax_i, rmax) = ix.node(g, &range.input[0], "ReduceMax", 1)?;
+    let (rmin_i, rmin) = ix.node(g, lo, "ReduceMin", 1)?;
     if &rmax.input[0] != x || &rmin.input[0] != x || !last_axis_reduce(rmax) || !last_axis_reduce(rmin) {
         return None;
     }
-    // Every intermediate is read only inside the pattern (lo twice: Sub and Neg).
-    let once = [rmin, rmax, hi, range, range2, neg, div_zp, div_q, round_q, add, clip];
-    if ix.uses(&lo_n.output[0]) != 2 || once.iter().any(|n| ix.uses(&n.output[0]) != 1) {
+    // Every intermediate is read only inside the pattern; the scale and the row minimum are
+    // outputs (the dequantisation reads them).
+    let once = [rmax, range, range2, shifted, div, round];
+    if once.iter().any(|n| ix.uses(&n.output[0]) != 1) {
         return None;
     }
-    let remove = vec![
-        at, clip_i, add_i, round_q_i, div_q_i, zp_i, div_zp_i, neg_i, scale_i, range2_i, range_i, hi_i, lo_i,
-        rmax_i, rmin_i,
-    ];
+    let remove = vec![at, round_i, div_i, shifted_i, scale_i, range2_i, range_i, rmax_i, rmin_i];
     let insert_at = *remove.iter().min()?;
     let node = NodeProto {
         name: format!("{}.fused_quantize", cast.name),
         op_type: ROW_QUANTIZE.into(),
         domain: DOMAIN.into(),
         input: vec![x.clone()],
-        output: vec![cast.output[0].clone(), scale.clone(), zp.output[0].clone()],
+        output: vec![cast.output[0].clone(), scale.clone(), lo.clone()],
         ..Default::default()
     };
     Some(Match { remove, insert_at, node })
@@ -338,31 +320,27 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
     if out.op_type != "Mul" || !out.domain.is_empty() || out.input.len() != 2 || out.output.len() != 1 {
         return None;
     }
-    let (m1_i, m1) = ix.node(g, &out.input[0], "Mul", 2)?;
+    let (add_i, add) = ix.node(g, &out.input[0], "Add", 2)?;
+    let (m1_i, m1) = ix.node(g, &add.input[0], "Mul", 2)?;
     let (castf_i, castf) = ix.node(g, &m1.input[0], "Cast", 1)?;
     if int_attr(castf, "to") != Some(ONNX_FLOAT) {
         return None;
     }
-    let (sub_i, sub) = ix.node(g, &castf.input[0], "Sub", 2)?;
-    ix.node(g, &sub.input[0], "MatMulInteger", 2)?;
-    let (corr_i, corr) = ix.node(g, &sub.input[1], "Mul", 2)?;
-    let (zpi_i, zpi) = ix.node(g, &corr.input[0], "Cast", 1)?;
-    if int_attr(zpi, "to") != Some(ONNX_INT32) {
-        return None;
-    }
-    let private = [&m1.output[0], &castf.output[0], &sub.output[0], &corr.output[0], &zpi.output[0]];
+    ix.node(g, &castf.input[0], "MatMulInteger", 2)?;
+    let (offset_i, offset) = ix.node(g, &add.input[1], "Mul", 2)?;
+    let private = [&add.output[0], &m1.output[0], &castf.output[0], &offset.output[0]];
     if private.iter().any(|name| ix.uses(name) != 1) {
         return None;
     }
-    // product, row zero point, row scale, column sums, weight scales (, bias)
+    // product, row minimum, row scale, column sums, weight scales (, bias)
     let mut input = vec![
-        sub.input[0].clone(),
-        zpi.input[0].clone(),
+        castf.input[0].clone(),
+        offset.input[0].clone(),
         m1.input[1].clone(),
-        corr.input[1].clone(),
+        offset.input[1].clone(),
         out.input[1].clone(),
     ];
-    let mut remove = vec![at, m1_i, castf_i, sub_i, corr_i, zpi_i];
+    let mut remove = vec![at, add_i, m1_i, castf_i, offset_i];
     let mut last = (at, out);
     let (mut bias, mut residual) = (false, false);
     // A dense layer's bias, `Add(product, bias)` with a 1-D initializer, joins the fused op.
@@ -474,24 +452,18 @@ impl Op for RowQuantize {
     op_as_typed_op!();
 }
 
-/// 1.5·2²³: for |v| < 2²², `(v + MAGIC) − MAGIC` is `v` rounded half to even (the default
-/// rounding mode), and for an integer 0 ≤ q ≤ 255 the low byte of `(q + MAGIC).to_bits()` is q.
-/// Both are plain float adds and bit masks, which the compiler vectorises; `f32::round_ties_even`
-/// is a libm call per element on x86-64 builds without SSE4.1, and `as u8` a saturating branch.
+/// 1.5·2²³: for 0 ≤ v < 2²², `v + MAGIC` rounds `v` half to even (the default rounding mode)
+/// and the low byte of its bits is that integer when it is at most 255. A plain float add and a
+/// bit mask, which the compiler vectorises; `f32::round_ties_even` is a libm call per element on
+/// x86-64 builds without SSE4.1, and `as u8` a saturating branch.
 const MAGIC: f32 = 12_582_912.0;
 
-/// Rounds half to even, like ONNX `Round`, for |v| < 2²² (every value rounded here is a code
-/// before clipping or a zero point: |v| ≤ 255 plus rounding); larger values take the libm path.
-#[inline]
-fn round_even(v: f32) -> f32 {
-    if v.abs() < 4_194_304.0 { (v + MAGIC) - MAGIC } else { v.round_ties_even() }
-}
-
-/// The smallest and largest value of a row, folded with 0 (ReduceMin/Min(0), ReduceMax/Max(0)).
-/// Eight independent lanes so the compiler emits packed min/max.
+/// The smallest and largest value of a non-empty row (ReduceMin, ReduceMax). Eight independent
+/// lanes so the compiler emits packed min/max.
 fn row_range(row: &[f32]) -> (f32, f32) {
-    let mut lo = [0f32; 8];
-    let mut hi = [0f32; 8];
+    let first = row[0];
+    let mut lo = [first; 8];
+    let mut hi = [first; 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
         for i in 0..8 {
@@ -499,8 +471,8 @@ fn row_range(row: &[f32]) -> (f32, f32) {
             hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
         }
     }
-    let mut l = lo.iter().fold(0f32, |m, &v| m.min(v));
-    let mut h = hi.iter().fold(0f32, |m, &v| m.max(v));
+    let mut l = lo.iter().fold(first, |m, &v| m.min(v));
+    let mut h = hi.iter().fold(first, |m, &v| m.max(v));
     for &v in chunks.remainder() {
         l = l.min(v);
         h = h.max(v);
@@ -508,25 +480,24 @@ fn row_range(row: &[f32]) -> (f32, f32) {
     (l, h)
 }
 
-/// One row's scale and zero point, as the replaced nodes compute them.
+/// One non-empty row's scale and minimum, as the replaced nodes compute them.
 fn row_scale(row: &[f32]) -> (f32, f32) {
     let (lo, hi) = row_range(row);
     let scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0f32 / 255.0);
-    (scale, round_even(-lo / scale))
+    (scale, lo)
 }
 
-/// `Cast<u8>(Clip(Round(v / scale) + zp, 0, 255))` for one row.
-fn quantise_row(row: &[f32], scale: f32, zp: f32, out: &mut [u8]) {
+/// `Cast<u8>(Round((v − lo) / scale))` for one row.
+fn quantise_row(row: &[f32], scale: f32, lo: f32, out: &mut [u8]) {
     for (q, &v) in out.iter_mut().zip(row) {
-        // |v / scale| ≤ 255·(1 + ε) by construction of `scale`, so the magic rounding is exact;
-        // a NaN stays NaN through the adds and `clamp` keeps it, then the mask reads its bits:
-        // NaN inputs give unspecified codes, as the standard nodes do.
-        let r = ((v / scale + MAGIC) - MAGIC + zp).clamp(0.0, 255.0);
-        *q = ((r + MAGIC).to_bits() & 0xff) as u8;
+        // 0 ≤ (v − lo) / scale ≤ 255·(1 + 2⁻²²) by construction of `scale` (f32 rounding is
+        // monotone), so the magic rounding is exact and lands on 0..=255, whose low mantissa
+        // byte is the code. NaN/∞ inputs give unspecified codes, as the standard nodes do.
+        *q = (((v - lo) / scale + MAGIC).to_bits() & 0xff) as u8;
     }
 }
 
-/// A tensor that takes ownership of `data` (no copy).
+/// A tensor holding `data` (tract copies it into its own aligned buffer).
 fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> TractResult<TValue> {
     let array = tract_onnx::tract_core::ndarray::ArrayD::from_shape_vec(shape, data)?;
     Ok(Tensor::from(array).into_tvalue())
@@ -544,16 +515,16 @@ impl EvalOp for RowQuantize {
         let rows = xs.len() / d;
         let mut codes = vec![0u8; xs.len()];
         let mut scales = vec![0f32; rows];
-        let mut zps = vec![0f32; rows];
+        let mut minima = vec![0f32; rows];
         for (r, (row, out)) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
-            let (scale, zp) = row_scale(row);
-            quantise_row(row, scale, zp, out);
+            let (scale, lo) = row_scale(row);
+            quantise_row(row, scale, lo, out);
             scales[r] = scale;
-            zps[r] = zp;
+            minima[r] = lo;
         }
         let mut row_shape = shape.clone();
         *row_shape.last_mut().expect("rank checked above") = 1;
-        Ok(tvec!(owned(&shape, codes)?, owned(&row_shape, scales)?, owned(&row_shape, zps)?))
+        Ok(tvec!(owned(&shape, codes)?, owned(&row_shape, scales)?, owned(&row_shape, minima)?))
     }
 }
 
@@ -570,9 +541,9 @@ impl TypedOp for RowQuantize {
     as_op!();
 }
 
-/// `(product i32 [..., N], zero point f32 [..., 1], row scale f32 [..., 1], column sums i32 [N],
+/// `(product i32 [..., N], row minimum f32 [..., 1], row scale f32 [..., 1], column sums f32 [N],
 /// weight scales f32 [N](, bias f32 [N])(, residual f32 [..., N]))` → f32 `[..., N]`:
-/// `f32(product − i32(zp)·column_sum) · row_scale · weight_scale (+ bias) (+ residual)`.
+/// `(f32(product) · row_scale + row_min · column_sum) · weight_scale (+ bias) (+ residual)`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct RowDequantizeExpansion {
     bias: bool,
@@ -602,7 +573,7 @@ impl Expansion for RowDequantizeExpansion {
         s.equals(&inputs[0].datum_type, i32::datum_type())?;
         s.equals(&inputs[1].datum_type, f32::datum_type())?;
         s.equals(&inputs[2].datum_type, f32::datum_type())?;
-        s.equals(&inputs[3].datum_type, i32::datum_type())?;
+        s.equals(&inputs[3].datum_type, f32::datum_type())?;
         s.equals(&inputs[4].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&inputs[0].shape, &outputs[0].shape)
@@ -650,24 +621,24 @@ impl EvalOp for RowDequantize {
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let residual = if self.residual { inputs.pop() } else { None };
         let bias = if self.bias { inputs.pop() } else { None };
-        let (acc, zp, scale, sums, wscale) = args_5!(inputs);
+        let (acc, minima, scale, sums, wscale) = args_5!(inputs);
         let shape = acc.shape().to_vec();
         let n = *shape.last().context("dequantisation of a scalar")?;
         let acc = acc.try_as_plain_ram()?;
         let acc = acc.as_slice::<i32>()?;
-        let zp = zp.try_as_plain_ram()?;
-        let zp = zp.as_slice::<f32>()?;
+        let minima = minima.try_as_plain_ram()?;
+        let minima = minima.as_slice::<f32>()?;
         let scale = scale.try_as_plain_ram()?;
         let scale = scale.as_slice::<f32>()?;
         let sums = sums.try_as_plain_ram()?;
-        let sums = sums.as_slice::<i32>()?;
+        let sums = sums.as_slice::<f32>()?;
         let wscale = wscale.try_as_plain_ram()?;
         let wscale = wscale.as_slice::<f32>()?;
         let rows = acc.len().checked_div(n).unwrap_or(0);
         ensure!(
-            zp.len() == rows && scale.len() == rows && sums.len() == n && wscale.len() == n,
-            "{ROW_DEQUANTIZE}: {rows} rows × {n} columns, got {} zero points, {} row scales, {} column sums, {} weight scales",
-            zp.len(),
+            minima.len() == rows && scale.len() == rows && sums.len() == n && wscale.len() == n,
+            "{ROW_DEQUANTIZE}: {rows} rows × {n} columns, got {} row minima, {} row scales, {} column sums, {} weight scales",
+            minima.len(),
             scale.len(),
             sums.len(),
             wscale.len()
@@ -692,12 +663,12 @@ impl EvalOp for RowDequantize {
         let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
         let mut out = vec![0f32; acc.len()];
         if n > 0 {
-            // One pass per row, the row still in cache: ((product · scales) + bias) + residual,
-            // the order of the replaced nodes.
+            // One pass per row, the row still in cache, in the order of the replaced nodes:
+            // ((product · scale + min · column sum) · weight scale + bias) + residual.
             for (r, (o, a)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
-                let (z, s) = (zp[r] as i32, scale[r]);
+                let (lo, s) = (minima[r], scale[r]);
                 for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
-                    *o = (a.wrapping_sub(z.wrapping_mul(cs)) as f32 * s) * ws;
+                    *o = (a as f32 * s + lo * cs) * ws;
                 }
                 if let Some(bias) = bias {
                     o.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
@@ -742,7 +713,7 @@ impl TypedOp for RowDequantize {
                 f.shape
             );
         }
-        for (i, what) in [(1, "zero points"), (2, "row scales")] {
+        for (i, what) in [(1, "row minima"), (2, "row scales")] {
             let f = inputs[i];
             // Leading dims are symbolic here; their element count is checked at run time.
             ensure!(
@@ -781,13 +752,14 @@ mod tests {
         assert_eq!(fused, Fused { quantize: matmuls, dequantize: matmuls });
         assert_eq!(count(&model, ROW_QUANTIZE), matmuls);
         assert_eq!(count(&model, "Round"), 0);
-        // The quantisation's `Add(codes, zp)`, every dense layer's bias Add (the tied LM head
-        // has none) and the two residual Adds of each of the 4 blocks are gone.
+        // The dequantisation's `Add(scaled product, min · column sums)`, every dense layer's
+        // bias Add (the tied LM head has none) and the two residual Adds of each of the 4 blocks
+        // are gone.
         let (biases, residuals) = (matmuls - 1, 2 * 4);
         assert_eq!(adds - count(&model, "Add"), matmuls + biases + residuals);
-        // 15 nodes → 1 and 6 (+ bias and residual Adds) → 1 per matmul.
+        // 9 nodes → 1 and 5 (+ bias and residual Adds) → 1 per matmul.
         let after = model.graph.as_ref().unwrap().node.len();
-        assert_eq!(after, nodes - matmuls * (14 + 5) - biases - residuals);
+        assert_eq!(after, nodes - matmuls * (8 + 4) - biases - residuals);
         let flags = |n: &NodeProto| n.attribute.iter().map(|a| a.i).collect::<Vec<_>>();
         let graph = model.graph.as_ref().unwrap();
         let with_residual =
@@ -807,11 +779,11 @@ mod tests {
         let mut model = shipped_gpt_int8();
         let matmuls = count(&model, "MatMulInteger");
         let graph = model.graph.as_mut().unwrap();
-        // Expose the first Clip (inside a quantisation) and the first Sub after a MatMulInteger.
-        for op in ["Clip", "MatMulInteger"] {
+        // Expose the first Round (inside a quantisation) and the first Cast after a MatMulInteger.
+        for op in ["Round", "MatMulInteger"] {
             let mut name = graph.node.iter().find(|n| n.op_type == op).unwrap().output[0].clone();
             if op == "MatMulInteger" {
-                name = graph.node.iter().find(|n| n.op_type == "Sub" && n.input[0] == name).unwrap().output
+                name = graph.node.iter().find(|n| n.op_type == "Cast" && n.input[0] == name).unwrap().output
                     [0]
                 .clone();
             }
@@ -819,29 +791,28 @@ mod tests {
         }
         let fused = fuse_row_quantisation(&mut model);
         assert_eq!(fused, Fused { quantize: matmuls - 1, dequantize: matmuls - 1 });
-        assert_eq!(count(&model, "Clip"), 1);
+        assert_eq!(count(&model, "Round"), 1);
     }
 
     #[test]
     fn quantises_like_the_standard_nodes() {
-        // Ties, an all-zero row, an all-negative row and a lone spike.
-        let rows: [&[f32]; 4] =
-            [&[0.5, 1.5, 2.5, -0.5], &[0.0; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0]];
+        // Ties, a constant row, an all-negative row, a lone spike, a row longer than 8 lanes.
+        let long: Vec<f32> = (0..21).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let rows: [&[f32]; 5] =
+            [&[0.5, 1.5, 2.5, -0.5], &[0.25; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0], &long];
         for row in rows {
-            let (scale, zp) = row_scale(row);
-            let lo = row.iter().fold(0f32, |m, &v| m.min(v));
-            let hi = row.iter().fold(0f32, |m, &v| m.max(v));
-            let want_scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
+            let (scale, lo) = row_scale(row);
+            let want_lo = row.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
+            assert_eq!(lo.to_bits(), want_lo.to_bits());
             assert_eq!(scale.to_bits(), want_scale.to_bits());
-            assert_eq!(zp, (-lo / want_scale).round_ties_even());
-            let mut codes = [0u8; 4];
-            quantise_row(row, scale, zp, &mut codes);
+            let mut codes = vec![0u8; row.len()];
+            quantise_row(row, scale, lo, &mut codes);
             for (c, &v) in codes.iter().zip(row) {
-                assert_eq!(*c, ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8, "{row:?}");
+                assert_eq!(*c, ((v - lo) / scale).round_ties_even() as u8, "{row:?}");
             }
+            assert_eq!(codes.iter().min(), Some(&0), "{row:?}");
         }
-        assert_eq!(round_even(2.5), 2.0);
-        assert_eq!(round_even(-3.5), -4.0);
-        assert_eq!(round_even(1e9 + 0.5), 1e9);
     }
 }
