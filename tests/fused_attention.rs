@@ -30,7 +30,10 @@ fn count_ops(rel: &str, options: &Options, name: &str) -> usize {
 #[test]
 fn every_decoder_layer_is_fused_and_nothing_else() {
     for rel in ["models/shakespeare-gpt/int8", "models/shakespeare-gpt/q4"] {
-        assert_eq!(count_ops(rel, &fused(true), "FerriteAttention"), LAYERS, "{rel}");
+        // Decoders keep their KV cache in place too (tests/kv_cache_in_place.rs).
+        assert_eq!(count_ops(rel, &fused(true), "FerriteCachedAttention"), LAYERS, "{rel}");
+        assert_eq!(count_ops(rel, &fused(true), "FerriteAttention"), 0, "{rel}");
+        assert_eq!(count_ops(rel, &fused(false), "FerriteCachedAttention"), 0, "{rel}");
         assert_eq!(count_ops(rel, &fused(false), "FerriteAttention"), 0, "{rel}");
         // The attention's Softmax is gone, and the first layer's score product (kept in the
         // protobuf only to size the shared mask) was pruned: fewer nodes in all.

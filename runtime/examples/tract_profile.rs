@@ -7,6 +7,9 @@
 //!
 //! Every graph input needs a `NAME=DIMS[:i64|:f32]` spec (a trailing `*` in NAME matches a
 //! prefix); floats are filled with a fixed pseudo-random pattern in [-1, 1], integers with 0.
+//! A decoder whose KV cache ferrite keeps in place (the default) has no `past_*` inputs: give
+//! `ferrite.past_length=200` instead (the caches are filled by a prefill of that many tokens,
+//! and cut back to it before every timed run); `past_*` specs are then ignored.
 //! Prints the time per operator type and the slowest nodes (median over `--repeat` runs of the
 //! whole plan; each node's time is its own `eval`). A developer tool: docs/runtime.md
 //! ("Per-node profile") explains how it was used.
@@ -24,19 +27,34 @@ fn main() -> Result<()> {
     let mut specs = Vec::new();
     let mut repeat = 100usize;
     let mut fuse = true;
+    let mut in_place = true;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--repeat" => repeat = args.next().context("--repeat N")?.parse()?,
             "--no-fuse" => fuse = false,
+            "--kv-concat" => in_place = false,
             _ => specs.push(a),
         }
     }
-    let options = ferrite_runtime::Options::default().tract_fused_int8(fuse);
+    let options = ferrite_runtime::Options::default().tract_fused_int8(fuse).tract_in_place_kv(in_place);
     let plan = ferrite_runtime::backend::tract::plan_for_profiling(std::path::Path::new(&path), &options)?;
     let model = plan.model();
     let mut inputs: TVec<TValue> = tvec![];
+    // A plan with ferrite's in-place KV cache takes the past length instead of the caches: the
+    // spec `ferrite.past_length=N` fills them with N positions first.
+    let mut past = None;
     for &outlet in model.input_outlets()? {
         let name = &model.node(outlet.node).name;
+        if name == "ferrite.past_length" {
+            let n: usize = specs
+                .iter()
+                .find_map(|s| s.strip_prefix("ferrite.past_length="))
+                .context("this plan keeps its KV cache in place: give ferrite.past_length=N")?
+                .parse()?;
+            past = Some(n);
+            inputs.push(Tensor::from(n as i64).into_tvalue());
+            continue;
+        }
         let spec = specs
             .iter()
             .find_map(|s| {
@@ -67,14 +85,28 @@ fn main() -> Result<()> {
         };
         inputs.push(t.into_tvalue());
     }
-    profile(&plan, inputs, repeat)
+    let mut state = SimpleState::new(&plan)?;
+    if let Some(n) = past {
+        // Fill the caches: one prefill of n tokens from position 0.
+        let ids = Tensor::from_shape(&[1, n], &vec![0i64; n])?.into_tvalue();
+        state.run(tvec![ids, Tensor::from(0i64).into_tvalue()])?;
+    }
+    profile(&plan, state, inputs, repeat, past)
 }
 
-fn profile(plan: &std::sync::Arc<TypedSimplePlan>, inputs: TVec<TValue>, repeat: usize) -> Result<()> {
-    let mut state = SimpleState::new(plan)?;
+fn profile(
+    plan: &std::sync::Arc<TypedSimplePlan>,
+    mut state: TypedSimpleState,
+    inputs: TVec<TValue>,
+    repeat: usize,
+    past: Option<usize>,
+) -> Result<()> {
     let mut per_node: HashMap<usize, Vec<f64>> = HashMap::new();
     let mut totals = Vec::new();
     for _ in 0..repeat.max(1) {
+        if let Some(n) = past {
+            ferrite_runtime::backend::tract::truncate_kv_caches(&mut state, n);
+        }
         let start = Instant::now();
         state.run_plan_with_eval(inputs.clone(), |ctx, st, node, inp| {
             let t = Instant::now();

@@ -30,6 +30,10 @@ pub struct RunFlags {
     /// rounding. For measuring what the fusion buys.
     #[arg(long)]
     pub tract_unfused: bool,
+    /// tract only: rebuild a decoder's KV cache with the file's `Concat` at every step instead
+    /// of appending to it in place (the same outputs). For measuring what the in-place cache buys.
+    #[arg(long)]
+    pub tract_kv_concat: bool,
 }
 
 /// `1048576`, `1024K`, `512M`, `1G` (binary multiples).
@@ -51,7 +55,8 @@ impl RunFlags {
             .backend(self.backend)
             .threads(self.threads)
             .tract_fused_int8(!self.tract_unfused)
-            .tract_fused_attention(!self.tract_unfused);
+            .tract_fused_attention(!self.tract_unfused)
+            .tract_in_place_kv(!self.tract_kv_concat);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
         }

@@ -87,6 +87,11 @@ pub struct Options {
     /// once instead of packing and copying them (`backend/tract_fuse/attention.rs`; equal to
     /// rounding, not bit for bit). On by default.
     pub tract_fused_attention: bool,
+    /// On tract, with the fused attention, keep a decoder's KV cache inside its attention ops
+    /// and append each step's keys and values in place, instead of the file's `Concat` that
+    /// rebuilds the whole cache every step (`backend/tract_fuse/kv_cache.rs`; the same outputs).
+    /// On by default.
+    pub tract_in_place_kv: bool,
 }
 
 impl Default for Options {
@@ -99,6 +104,7 @@ impl Default for Options {
             memory_budget: None,
             tract_fused_int8: true,
             tract_fused_attention: true,
+            tract_in_place_kv: true,
         }
     }
 }
@@ -132,6 +138,11 @@ impl Options {
     /// Turns tract's fused decoder attention on or off (see [`Options::tract_fused_attention`]).
     pub fn tract_fused_attention(mut self, on: bool) -> Self {
         self.tract_fused_attention = on;
+        self
+    }
+    /// Turns tract's in-place KV cache on or off (see [`Options::tract_in_place_kv`]).
+    pub fn tract_in_place_kv(mut self, on: bool) -> Self {
+        self.tract_in_place_kv = on;
         self
     }
     /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.

@@ -9,9 +9,12 @@
 
 use std::sync::Arc;
 
-use tract_onnx::prelude::{InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, tvec};
+use tract_onnx::prelude::{
+    InferenceModelExt, TValue, TVec, Tensor as TractTensor, TypedRunnableModel, TypedSimpleState, tvec,
+};
 use tract_onnx::tract_core::internal::DatumType;
 
+use super::tract_fuse::{CachedAttention, Half, KvCache, PAST_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -30,6 +33,21 @@ fn invalid(context: &str, e: impl std::fmt::Display) -> Error {
 /// A model optimised and planned by tract, shared by all its sessions.
 pub(crate) struct TractModel {
     plan: Arc<TypedRunnableModel>,
+    /// Set when the plan keeps a decoder's KV caches inside its attention ops
+    /// (`tract_fuse/kv_cache.rs`): how the file's cache inputs/outputs map onto them.
+    cache: Option<Arc<CacheMap>>,
+}
+
+/// Where a decoder's KV caches went in a plan that keeps them in place.
+struct CacheMap {
+    /// Per file input: the layer and half a cache input stands for.
+    inputs: Vec<Option<(usize, Half)>>,
+    /// Per file output: the layer and half a `present_*` output stands for.
+    outputs: Vec<Option<(usize, Half)>>,
+    /// Plan node of each layer's `FerriteCachedAttention`, by layer.
+    nodes: Vec<usize>,
+    /// File outputs in the plan's output order (the `present_*` ones are not plan outputs).
+    plan_outputs: Vec<usize>,
 }
 
 /// Runs `f`, turning a panic inside tract into `Error::Backend`: a last line of defence for
@@ -49,10 +67,29 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 impl TractModel {
     pub(crate) fn prepare(model: &Model, options: &Options) -> Result<TractModel> {
-        no_panic("preparing the model", || TractModel::prepare_checked(model, options))
+        no_panic("preparing the model", || {
+            let prepared = TractModel::prepare_checked(
+                model,
+                options,
+                options.tract_fused_attention && options.tract_in_place_kv,
+            )?;
+            if prepared.cache.is_none() || prepared.only_cache_ops_keep_state()? {
+                return Ok(prepared);
+            }
+            // Another op keeps state between runs (an LSTM's Scan): sessions must then start
+            // every run from a fresh state, which an in-place cache cannot.
+            log::debug!("tract: the plan has other stateful ops; KV caches stay graph values");
+            TractModel::prepare_checked(model, options, false)
+        })
     }
 
-    fn prepare_checked(model: &Model, options: &Options) -> Result<TractModel> {
+    fn only_cache_ops_keep_state(&self) -> Result<bool> {
+        let state = self.plan.spawn().map_err(|e| backend_err("creating run state", e))?;
+        let nodes = self.cache.as_ref().map(|c| c.nodes.as_slice()).unwrap_or_default();
+        Ok(state.op_states.iter().enumerate().all(|(i, s)| s.is_none() || nodes.contains(&i)))
+    }
+
+    fn prepare_checked(model: &Model, options: &Options, kv_in_place: bool) -> Result<TractModel> {
         let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
         if let Some(op) = model.info().ops.keys().find(|op| !onnx.op_register.0.contains_key(bare_op(op))) {
             return Err(Error::UnsupportedOp { op: op.clone(), backend: NAME });
@@ -81,6 +118,11 @@ impl TractModel {
                 log::debug!("tract: {matmuls} int8 matmuls get the few-row kernel");
             }
         }
+        // Last: the int8 rewrite tells step graphs by their `past_key*` inputs, which go here.
+        let caches = if kv_in_place { super::tract_fuse::fuse_kv_cache(&mut proto) } else { Vec::new() };
+        if !caches.is_empty() {
+            log::debug!("tract: {} layers keep their KV cache in place", caches.len());
+        }
         let dir = model.dir().to_str();
         let parsed = onnx.parse(&proto, dir).map_err(|e| invalid("parsing the graph", e))?;
         drop(proto);
@@ -99,9 +141,51 @@ impl TractModel {
         let plan = optimized
             .into_runnable_with_options(&run_options)
             .map_err(|e| invalid("planning the graph", e))?;
-        check_interface(model, &plan)?;
-        Ok(TractModel { plan })
+        let cache = if caches.is_empty() {
+            check_interface(model, &plan, &[], &[])?;
+            None
+        } else {
+            Some(Arc::new(cache_map(model, &plan, &caches)?))
+        };
+        Ok(TractModel { plan, cache })
     }
+}
+
+/// Maps the file's cache inputs/outputs onto the plan's cached attention nodes, and checks the
+/// plan's interface: the file's other inputs then [`PAST_LENGTH`], the file's other outputs.
+fn cache_map(
+    model: &Model,
+    plan: &Arc<TypedRunnableModel>,
+    caches: &[super::tract_fuse::CacheNames],
+) -> Result<CacheMap> {
+    let find = |name: &str| -> Option<(usize, Half)> {
+        caches.iter().enumerate().find_map(|(layer, c)| {
+            if name == c.past_key || name == c.present_key {
+                Some((layer, Half::Keys))
+            } else if name == c.past_value || name == c.present_value {
+                Some((layer, Half::Values))
+            } else {
+                None
+            }
+        })
+    };
+    let info = model.info();
+    let inputs: Vec<_> = info.inputs.iter().map(|i| find(&i.name)).collect();
+    let outputs: Vec<_> = info.outputs.iter().map(|o| find(&o.name)).collect();
+    let plan_outputs: Vec<usize> = (0..outputs.len()).filter(|&j| outputs[j].is_none()).collect();
+    check_interface(model, plan, &inputs, &outputs)?;
+    let mut nodes = vec![usize::MAX; caches.len()];
+    for node in plan.model().nodes() {
+        if let Some(op) = node.op_as::<CachedAttention>() {
+            let slot = nodes.get_mut(op.layer).filter(|s| **s == usize::MAX);
+            *slot.ok_or_else(|| invalid("planning the KV cache", format!("layer {} twice", op.layer)))? =
+                node.id;
+        }
+    }
+    if nodes.contains(&usize::MAX) {
+        return Err(invalid("planning the KV cache", "a layer's cached attention was optimised away"));
+    }
+    Ok(CacheMap { inputs, outputs, nodes, plan_outputs })
 }
 
 /// The tract plan ferrite's backend would run for the file at `path` (developer tools:
@@ -110,6 +194,17 @@ impl TractModel {
 pub fn plan_for_profiling(path: &std::path::Path, options: &Options) -> Result<Arc<TypedRunnableModel>> {
     let model = Model::open(path)?;
     Ok(TractModel::prepare(&model, options)?.plan)
+}
+
+/// Developer tools: cuts every in-place KV cache of a state of such a plan back to `len`
+/// positions (`runtime/examples/tract_profile.rs` times the same position over and over).
+#[doc(hidden)]
+pub fn truncate_kv_caches(state: &mut TypedSimpleState, len: usize) {
+    for op_state in state.op_states.iter_mut().flatten() {
+        if let Some(cache) = op_state.downcast_mut::<KvCache>() {
+            cache.truncate(len);
+        }
+    }
 }
 
 /// The registry is keyed by op type alone; ferrite names non-default-domain ops `domain.Op`.
@@ -147,23 +242,42 @@ fn executor(threads: usize) -> Result<Option<tract_onnx::tract_core::tract_linal
 }
 
 /// tract keeps graph inputs/outputs in file order; make sure that is what the session assumes.
-fn check_interface(model: &Model, plan: &Arc<TypedRunnableModel>) -> Result<()> {
+/// With an in-place KV cache (`cached_in[i]` / `cached_out[j]` set for the file's cache inputs
+/// and outputs; empty slices otherwise) the plan has the other inputs, then [`PAST_LENGTH`], and
+/// the other outputs.
+fn check_interface(
+    model: &Model,
+    plan: &Arc<TypedRunnableModel>,
+    cached_in: &[Option<(usize, Half)>],
+    cached_out: &[Option<(usize, Half)>],
+) -> Result<()> {
     let graph = plan.model();
     let names = |outlets: &[tract_onnx::prelude::OutletId]| -> Vec<String> {
         outlets.iter().map(|o| graph.node(o.node).name.clone()).collect()
     };
     let inputs = names(graph.input_outlets().map_err(|e| backend_err("reading inputs", e))?);
-    let expected: Vec<String> = model.info().inputs.iter().map(|i| i.name.clone()).collect();
+    let is_cached = |flags: &[Option<(usize, Half)>], i: usize| flags.get(i).is_some_and(Option::is_some);
+    let info = model.info();
+    let mut expected: Vec<String> = info
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !is_cached(cached_in, *i))
+        .map(|(_, d)| d.name.clone())
+        .collect();
+    if !cached_in.is_empty() {
+        expected.push(PAST_LENGTH.to_string());
+    }
     if inputs != expected {
         return Err(Error::InvalidModel(format!(
             "tract sees inputs {inputs:?}, the file declares {expected:?}"
         )));
     }
     let outputs = graph.output_outlets().map_err(|e| backend_err("reading outputs", e))?.len();
-    if outputs != model.info().outputs.len() {
+    let declared = (0..info.outputs.len()).filter(|&j| !is_cached(cached_out, j)).count();
+    if outputs != declared {
         return Err(Error::InvalidModel(format!(
-            "tract sees {outputs} outputs, the file declares {}",
-            model.info().outputs.len()
+            "tract sees {outputs} outputs, the file declares {declared}"
         )));
     }
     Ok(())
@@ -171,21 +285,140 @@ fn check_interface(model: &Model, plan: &Arc<TypedRunnableModel>) -> Result<()> 
 
 impl PreparedModel for TractModel {
     fn new_state(&self) -> Result<Box<dyn BackendState>> {
-        let inputs = self.plan.model().inputs.len();
-        Ok(Box::new(TractState { plan: self.plan.clone(), held: vec![None; inputs] }))
+        let cache = match &self.cache {
+            Some(map) => Some(CacheState {
+                map: map.clone(),
+                state: self.plan.spawn().map_err(|e| backend_err("creating run state", e))?,
+            }),
+            None => None,
+        };
+        let inputs = self.cache.as_ref().map_or(self.plan.model().inputs.len(), |c| c.inputs.len());
+        Ok(Box::new(TractState { plan: self.plan.clone(), held: vec![None; inputs], cache }))
+    }
+}
+
+/// A session's in-place KV caches: one tract state kept from step to step, whose cached
+/// attention ops hold the caches (`tract_fuse/kv_cache.rs`).
+struct CacheState {
+    map: Arc<CacheMap>,
+    state: TypedSimpleState,
+}
+
+fn kv<'s>(state: &'s mut TypedSimpleState, map: &CacheMap, layer: usize) -> Result<&'s mut KvCache> {
+    state.op_states[map.nodes[layer]]
+        .as_mut()
+        .and_then(|s| s.downcast_mut::<KvCache>())
+        .ok_or_else(|| backend_err("reading the KV cache", format!("layer {layer} has no cache state")))
+}
+
+fn kv_ref<'s>(state: &'s TypedSimpleState, map: &CacheMap, layer: usize) -> Option<&'s KvCache> {
+    state.op_states[map.nodes[layer]].as_ref().and_then(|s| s.downcast_ref::<KvCache>())
+}
+
+/// Copies a given `[B, H, T, D]` f32 tensor into a layer's cache.
+fn load_cache(
+    state: &mut TypedSimpleState,
+    map: &CacheMap,
+    (layer, half): (usize, Half),
+    view: &TensorView<'_>,
+) -> Result<()> {
+    let TensorDataView::F32(data) = view.data() else {
+        return Err(Error::InvalidInput(format!("a KV cache is f32, got {:?}", view.dtype())));
+    };
+    kv(state, map, layer)?.load(half, view.shape(), data).map_err(|e| Error::InvalidInput(format!("{e:#}")))
+}
+
+impl CacheState {
+    /// Runs the plan on `state` (this session's own, or a fresh one for a run that carries
+    /// nothing): given cache inputs are loaded first, every cache must then hold the same
+    /// number of positions, and a failed run truncates them back to it.
+    fn run(
+        map: &CacheMap,
+        state: &mut TypedSimpleState,
+        inputs: &[Option<TensorView<'_>>],
+        held: &[Option<TValue>],
+        carry: &[Option<usize>],
+    ) -> Result<Vec<Option<Tensor>>> {
+        for (i, slot) in map.inputs.iter().enumerate() {
+            if let (Some(at), Some(view)) = (slot, inputs.get(i).and_then(Option::as_ref)) {
+                load_cache(state, map, *at, view)?;
+            }
+        }
+        let mut lengths = Vec::with_capacity(2 * map.nodes.len());
+        for layer in 0..map.nodes.len() {
+            let cache = kv(state, map, layer)?;
+            lengths.push(cache.len(Half::Keys));
+            lengths.push(cache.len(Half::Values));
+        }
+        let past = lengths.first().copied().unwrap_or(0);
+        if lengths.iter().any(|&l| l != past) {
+            return Err(Error::InvalidInput(format!("the KV caches hold different lengths: {lengths:?}")));
+        }
+        for (j, slot) in map.outputs.iter().enumerate() {
+            let into = carry.get(j).copied().flatten();
+            if let (Some(at), Some(i)) = (slot, into)
+                && map.inputs.get(i).copied().flatten() != Some(*at)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "output #{j} can only be carried into its own cache input on tract's in-place KV cache"
+                )));
+            }
+        }
+        let mut values: TVec<TValue> = tvec![];
+        for (i, input) in inputs.iter().enumerate() {
+            if map.inputs[i].is_some() {
+                continue;
+            }
+            values.push(match input {
+                Some(view) => to_tract(view)?.into(),
+                None => held_slot(held, i)?.clone(),
+            });
+        }
+        let past_i64 = i64::try_from(past).map_err(|e| backend_err("the past length", e))?;
+        values.push(TractTensor::from(past_i64).into());
+        let outputs = match no_panic("running the plan", || {
+            state.run(values).map_err(|e| backend_err("running the plan", e))
+        }) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                // Appending never touches earlier rows: cutting back restores every cache.
+                for layer in 0..map.nodes.len() {
+                    if let Ok(cache) = kv(state, map, layer) {
+                        cache.truncate(past);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let mut returned = vec![None; map.outputs.len()];
+        for (value, &j) in outputs.iter().zip(&map.plan_outputs) {
+            returned[j] = Some(from_tract(value)?);
+        }
+        for (j, slot) in map.outputs.iter().enumerate() {
+            if let (Some((layer, half)), None) = (slot, carry.get(j).copied().flatten()) {
+                let cache = kv(state, map, *layer)?;
+                let shape = cache.shape(*half).unwrap_or_default();
+                returned[j] = Some(Tensor::from_data(shape, TensorData::F32(cache.read(*half)))?);
+            }
+        }
+        Ok(returned)
     }
 }
 
 /// tract's `SimpleState` keeps operator state between runs: its LSTM (a Scan) continues from the
 /// previous run's final h/c instead of the `initial_h`/`initial_c` inputs (measured: 0.23 max abs
 /// difference on the second run of tests/models/lstm). Recurrent state is an explicit input in
-/// ferrite's graphs, so every run starts from a fresh state spawned off the shared plan.
+/// ferrite's graphs, so every run starts from a fresh state spawned off the shared plan — except
+/// a decoder whose KV cache stays in place ([`CacheState`]): its plan has no other stateful op
+/// (checked when preparing), and the session's one state holds the caches between steps.
 ///
 /// Values held between runs (KV cache, LSTM h/c) stay tract values: an output is moved into
 /// `held` and handed back as the next run's input by reference count, never copied.
 struct TractState {
     plan: Arc<TypedRunnableModel>,
     held: Vec<Option<TValue>>,
+    /// The session's in-place KV caches, when the plan keeps them (see [`CacheState`]).
+    cache: Option<CacheState>,
 }
 
 fn to_tract(view: &TensorView<'_>) -> Result<TractTensor> {
@@ -228,6 +461,17 @@ impl BackendState for TractState {
         inputs: &[Option<TensorView<'_>>],
         carry: &[Option<usize>],
     ) -> Result<Vec<Option<Tensor>>> {
+        if let Some(cache) = &mut self.cache {
+            let map = cache.map.clone();
+            let carries_cache =
+                map.inputs.iter().zip(inputs).any(|(slot, input)| slot.is_some() && input.is_none());
+            if carries_cache {
+                return CacheState::run(&map, &mut cache.state, inputs, &self.held, carry);
+            }
+            // A run that carries no cache must leave the session's caches alone.
+            let mut fresh = self.plan.spawn().map_err(|e| backend_err("creating run state", e))?;
+            return CacheState::run(&map, &mut fresh, inputs, &self.held, carry);
+        }
         no_panic("running the plan", || {
             let mut values: TVec<TValue> = tvec![];
             for (i, input) in inputs.iter().enumerate() {
@@ -254,14 +498,33 @@ impl BackendState for TractState {
     }
 
     fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()> {
+        if let Some(cache) = &mut self.cache
+            && let Some(at) = cache.map.inputs.get(input).copied().flatten()
+        {
+            return load_cache(&mut cache.state, &cache.map, at, value);
+        }
         set_held(&mut self.held, input, to_tract(value)?.into())
     }
 
     fn held_shape(&self, input: usize) -> Option<Vec<usize>> {
+        if let Some(cache) = &self.cache
+            && let Some((layer, half)) = cache.map.inputs.get(input).copied().flatten()
+        {
+            return kv_ref(&cache.state, &cache.map, layer)?.shape(half);
+        }
         self.held.get(input)?.as_ref().map(|v| v.shape().to_vec())
     }
 
     fn held(&self, input: usize) -> Result<Tensor> {
+        if let Some(cache) = &self.cache
+            && let Some((layer, half)) = cache.map.inputs.get(input).copied().flatten()
+        {
+            let kv = kv_ref(&cache.state, &cache.map, layer);
+            let shape = kv.and_then(|c| c.shape(half)).ok_or_else(|| {
+                Error::InvalidInput(format!("input #{input} has no value held in the backend"))
+            })?;
+            return Tensor::from_data(shape, TensorData::F32(kv.map(|c| c.read(half)).unwrap_or_default()));
+        }
         from_tract(held_slot(&self.held, input)?)
     }
 }

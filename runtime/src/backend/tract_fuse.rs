@@ -26,8 +26,12 @@
 use std::collections::HashMap;
 
 mod attention;
+mod kv_cache;
 mod matmul_i8;
 pub(crate) use attention::ATTENTION;
+pub(crate) use kv_cache::{
+    CACHED_ATTENTION, CacheNames, CachedAttention, Half, KvCache, PAST_LENGTH, fuse_kv_cache,
+};
 pub(crate) use matmul_i8::MATMUL_I8;
 
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
@@ -57,6 +61,11 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
         Ok((expand(RowDequantizeExpansion { bias, residual }), vec![]))
     });
     onnx.op_register.insert(MATMUL_I8, |_, _| Ok((expand(matmul_i8::MatMulI8Expansion), vec![])));
+    onnx.op_register.insert(CACHED_ATTENTION, |_, node| {
+        let scale = node.get_attr::<f32>("scale")?;
+        let layer = usize::try_from(node.get_attr::<i64>("layer")?)?;
+        Ok((expand(kv_cache::CachedAttentionExpansion(CachedAttention::new(scale, layer))), vec![]))
+    });
     onnx.op_register.insert(ATTENTION, |_, node| {
         let scale = node.get_attr::<f32>("scale")?;
         let keys_major = node.get_attr_opt::<i64>("keys_major")?.unwrap_or(1) == 1;

@@ -222,7 +222,7 @@ impl Op for Attention {
 
 /// Element strides that read a bias of `shape` (rank ≤ 4, each dim 1 or the target's) as if
 /// broadcast to `target`.
-fn broadcast_strides(shape: &[usize], target: [usize; 4]) -> TractResult<[usize; 4]> {
+pub(super) fn broadcast_strides(shape: &[usize], target: [usize; 4]) -> TractResult<[usize; 4]> {
     ensure!(shape.len() <= 4, "{ATTENTION}: bias of rank {} for [B, H, T, S]", shape.len());
     let mut padded = [1usize; 4];
     padded[4 - shape.len()..].copy_from_slice(shape);
@@ -240,7 +240,9 @@ fn broadcast_strides(shape: &[usize], target: [usize; 4]) -> TractResult<[usize;
 }
 
 /// Dot product with eight independent partial sums, so the compiler emits packed multiplies.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Always inlined, so a caller compiled for AVX2 gets it in AVX2 too.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -255,7 +257,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `e^x` to ~1 ulp, branch-free so loops over it vectorise (libm's `expf` is a call per element,
 /// and its underflow path for masked scores is slower still). `x` is clamped to [−86, 88]: below,
 /// the result is e^−86 ≈ 4e−38 instead of a denormal or 0 — nothing a softmax can tell apart.
-#[inline]
+#[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so that k·LN2_HI is exact for the k used here.
@@ -275,7 +277,8 @@ fn exp(x: f32) -> f32 {
 
 /// In-place softmax of one row of scores; eight lanes for the max and the sum so that both
 /// passes vectorise.
-fn softmax(row: &mut [f32]) {
+#[inline(always)]
+pub(super) fn softmax(row: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
@@ -300,6 +303,75 @@ fn softmax(row: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Where the keys (or values) of one attention head sit: row `t` (`D` floats) starts at
+/// `data[base + t · stride]`. Head-major `[B, H, T, D]` tensors have `stride = D`; ferrite's
+/// in-place KV cache (`kv_cache.rs`) is position-major, `[T, B, H, D]`, so `stride = B · H · D`.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn row(&self, t: usize, d: usize) -> &'a [f32] {
+        &self.data[self.base + t * self.stride..][..d]
+    }
+
+    /// The `t × d` matrix of the first `t` rows, for ndarray's matrix product.
+    fn matrix(&self, t: usize, d: usize) -> TractResult<ArrayView2<'a, f32>> {
+        if t == 0 {
+            return Ok(ArrayView2::from_shape((0, d), &[][..])?);
+        }
+        Ok(ArrayView2::from_shape((t, d).strides((self.stride, 1)), &self.data[self.base..])?)
+    }
+}
+
+/// One (batch, head) of attention: `s` query rows (`q`, contiguous `s × d`) against the first
+/// `t` rows of `keys` and `values`; `bias_at(key, query)` is the additive bias. Writes the `s`
+/// context rows to `out`, `row_stride` floats apart. `probs` is scratch of at least `s · t`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_head(
+    q: &[f32],
+    keys: Rows<'_>,
+    values: Rows<'_>,
+    (s, t, d): (usize, usize, usize),
+    scale: f32,
+    bias_at: impl Fn(usize, usize) -> f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+    row_stride: usize,
+) -> TractResult<()> {
+    let probs = &mut probs[..s * t];
+    if s == 1 {
+        // A decode step: one pass over the cache for the scores, one for the context.
+        for (ti, p) in probs.iter_mut().enumerate() {
+            *p = dot(keys.row(ti, d), q) * scale + bias_at(ti, 0);
+        }
+        softmax(probs);
+        let row = &mut out[..d];
+        row.iter_mut().for_each(|o| *o = 0.0);
+        for (ti, &p) in probs.iter().enumerate() {
+            row.iter_mut().zip(values.row(ti, d)).for_each(|(o, &x)| *o += p * x);
+        }
+        return Ok(());
+    }
+    // A prefill: Q·Kᵀ and probs·V as matrix products.
+    let qm = ArrayView2::from_shape((s, d), q)?;
+    let km = keys.matrix(t, d)?;
+    let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
+    general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
+    for (si, row) in probs.chunks_exact_mut(t.max(1)).take(s).enumerate() {
+        row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
+        softmax(row);
+    }
+    let pm = ArrayView2::from_shape((s, t), &probs[..])?;
+    let vm = values.matrix(t, d)?;
+    let mut om = ArrayViewMut2::from_shape((s, d).strides((row_stride, 1)), out)?;
+    general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
+    Ok(())
 }
 
 impl EvalOp for Attention {
@@ -334,38 +406,15 @@ impl EvalOp for Attention {
         for bi in 0..b {
             for hi in 0..h {
                 let head = (bi * h + hi) * t * d;
-                let (kh, vh) = (&k[head..head + t * d], &v[head..head + t * d]);
+                let keys = Rows { data: k, base: head, stride: d };
+                let values = Rows { data: v, base: head, stride: d };
                 let qh = &q[(bi * h + hi) * s * d..][..s * d];
                 let bias_at = |ti: usize, si: usize| {
                     bias[bi * strides[0] + hi * strides[1] + ti * strides[2] + si * strides[3]]
                 };
-                if s == 1 {
-                    // A decode step: one pass over the cache for the scores, one for the context.
-                    for (ti, p) in probs.iter_mut().enumerate() {
-                        *p = dot(&kh[ti * d..(ti + 1) * d], qh) * scale + bias_at(ti, 0);
-                    }
-                    softmax(&mut probs);
-                    let row = &mut out[(bi * s * h + hi) * d..][..d];
-                    for (ti, &p) in probs.iter().enumerate() {
-                        row.iter_mut().zip(&vh[ti * d..(ti + 1) * d]).for_each(|(o, &x)| *o += p * x);
-                    }
-                    continue;
-                }
-                // A prefill: Q·Kᵀ and probs·V as matrix products.
-                let qm = ArrayView2::from_shape((s, d), qh)?;
-                let km = ArrayView2::from_shape((t, d), kh)?;
-                let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
-                general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
-                for (si, row) in probs.chunks_exact_mut(t).enumerate() {
-                    row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
-                    softmax(row);
-                }
-                let pm = ArrayView2::from_shape((s, t), &probs[..])?;
-                let vm = ArrayView2::from_shape((t, d), vh)?;
                 // Output rows for this head are D apart by H·D: [B, S, H, D].
-                let mut om =
-                    ArrayViewMut2::from_shape((s, d).strides((h * d, 1)), &mut out[(bi * s * h + hi) * d..])?;
-                general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
+                let out = &mut out[(bi * s * h + hi) * d..];
+                attend_head(qh, keys, values, (s, t, d), scale, bias_at, &mut probs, out, h * d)?;
             }
         }
         Ok(tvec!(owned(&[b, s, h, d], out)?))
