@@ -2,8 +2,8 @@
 //! GPT bundle (models/shakespeare-gpt/q4: the smallest steps, so the harshest case for a fixed
 //! per-step cost) through ferrite's `Generator` against a hand-written loop over the backend's
 //! own API — the same model file prepared the same way, the KV cache carried as the backend's
-//! values, argmax by hand. tract: the runnable plan ferrite's backend builds (its fused ops
-//! included, `backend::tract::plan_for_profiling`), single-threaded. ONNX
+//! values, argmax by hand. tract: the runnable plan ferrite's backend builds (its fused ops and
+//! in-place KV cache included, `backend::tract::plan_for_profiling`), single-threaded. ONNX
 //! Runtime (with `--features ort`): an `ort` session with ferrite's settings (optimisation level
 //! 3, one intra-op thread, prepacking on), `present_*` outputs fed back as `past_*` inputs. Each
 //! iteration: prefill 8 tokens, then 64 single-token steps.
@@ -35,23 +35,23 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-/// The raw loop: tract's plan, inputs as tract tensors, present_* fed back as past_*.
-fn raw_tract(plan: &std::sync::Arc<TypedRunnableModel>, layers: usize) -> Vec<u32> {
-    let empty: TValue = Tensor::zero::<f32>(&[1, 4, 0, 32]).unwrap().into();
-    let mut past: Vec<TValue> = vec![empty; 2 * layers];
+/// The raw loop: tract's plan, inputs as tract tensors. ferrite's plan for this decoder keeps
+/// the KV cache inside its attention ops (runtime/src/backend/tract_fuse/kv_cache.rs): one state
+/// for the whole sequence, fed the token ids and the past length.
+fn raw_tract(plan: &std::sync::Arc<TypedRunnableModel>) -> Vec<u32> {
+    let mut state = plan.spawn().unwrap();
     let mut ids = Vec::with_capacity(STEPS);
     let mut feed: Vec<i64> = PROMPT.iter().map(|&i| i64::from(i)).collect();
+    let mut past = 0i64;
     for _ in 0..STEPS {
         let input = Tensor::from_shape(&[1, feed.len()], &feed).unwrap();
-        let mut inputs: TVec<TValue> = tvec![input.into()];
-        inputs.extend(past.iter().cloned());
-        let mut outputs = plan.spawn().unwrap().run(inputs).unwrap();
-        let logits = outputs.remove(0);
+        let inputs: TVec<TValue> = tvec![input.into(), Tensor::from(past).into()];
+        let logits = state.run(inputs).unwrap().remove(0);
         let logits = logits.try_as_plain_ram().unwrap();
         let all = logits.as_slice::<f32>().unwrap();
         let id = argmax(&all[all.len() - 4096..]);
         ids.push(id);
-        past = outputs.into_iter().collect();
+        past += feed.len() as i64;
         feed = vec![i64::from(id)];
     }
     ids
@@ -60,7 +60,6 @@ fn raw_tract(plan: &std::sync::Arc<TypedRunnableModel>, layers: usize) -> Vec<u3
 fn bench(c: &mut Criterion) {
     let dir = bundle_dir();
     let bundle = Bundle::open_with(&dir, &BundleOptions::default()).unwrap();
-    let layers = 4;
     // The plan ferrite's tract backend runs (with its fused ops), driven by hand: the comparison
     // is of the loop around the plan, not of two different plans.
     let plan =
@@ -69,11 +68,11 @@ fn bench(c: &mut Criterion) {
     let opts = GenerateOptions { max_tokens: STEPS, ..GenerateOptions::default() };
     let mut generator = Generator::new(&bundle).unwrap();
     let ferrite_ids = generator.generate(&PROMPT, &opts, &|_| None, &mut |_| {}).unwrap().ids;
-    assert_eq!(ferrite_ids, raw_tract(&plan, layers), "both loops decode the same tokens");
+    assert_eq!(ferrite_ids, raw_tract(&plan), "both loops decode the same tokens");
 
     let mut group = c.benchmark_group("gpt_q4_prefill8_decode64");
     group.sample_size(30);
-    group.bench_function("raw tract loop", |b| b.iter(|| raw_tract(&plan, layers)));
+    group.bench_function("raw tract loop", |b| b.iter(|| raw_tract(&plan)));
     group.bench_function("ferrite Generator (tract)", |b| {
         b.iter(|| generator.generate(&PROMPT, &opts, &|_| None, &mut |_| {}).unwrap().ids)
     });
