@@ -180,22 +180,43 @@ impl Expansion for AttentionExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, 4)?;
-        check_output_arity(outputs, 1)?;
-        for input in inputs {
-            s.equals(&input.datum_type, f32::datum_type())?;
-        }
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].rank, 4)?;
-        s.equals(&outputs[0].rank, 4)?;
-        s.given(&inputs[0].shape, move |s, q| {
-            s.equals(&outputs[0].shape, tvec![q[0].clone(), q[2].clone(), q[1].clone(), q[3].clone()])
-        })
+        attention_rules(s, inputs, outputs)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         model.wire_node(prefix, self.0.clone(), inputs)
     }
+}
+
+/// Typing rules of both attention ops: four f32 inputs (the first three rank 4), one f32
+/// output `[B, S, H, D]` from Q's `[B, H, S, D]`.
+pub(super) fn attention_rules<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+) -> TractResult<()> {
+    check_input_arity(inputs, 4)?;
+    check_output_arity(outputs, 1)?;
+    for input in inputs {
+        s.equals(&input.datum_type, f32::datum_type())?;
+    }
+    s.equals(&outputs[0].datum_type, f32::datum_type())?;
+    s.equals(&inputs[0].rank, 4)?;
+    s.equals(&outputs[0].rank, 4)?;
+    s.given(&inputs[0].shape, move |s, q| {
+        s.equals(&outputs[0].shape, tvec![q[0].clone(), q[2].clone(), q[1].clone(), q[3].clone()])
+    })
+}
+
+/// Output fact of both attention ops (see [`attention_rules`]); `op` names the op in errors.
+pub(super) fn attention_output_facts(op: &str, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+    ensure!(inputs.len() == 4, "{op}: wrong input count");
+    for (f, what) in inputs.iter().zip(["Q", "K", "V", "bias"]) {
+        ensure!(f.datum_type == f32::datum_type(), "{op} wants f32 {what}, got {:?}", f.datum_type);
+    }
+    ensure!(inputs[..3].iter().all(|f| f.rank() == 4), "{op}: Q, K, V must be rank 4");
+    let shape = &inputs[0].shape;
+    Ok(tvec!(f32::fact([shape[0].clone(), shape[2].clone(), shape[1].clone(), shape[3].clone()])))
 }
 
 /// The typed op behind [`AttentionExpansion`]; the scale is kept as its bits so the op is `Eq`.
@@ -423,18 +444,7 @@ impl EvalOp for Attention {
 
 impl TypedOp for Attention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 4, "{ATTENTION}: wrong input count");
-        for (f, what) in inputs.iter().zip(["Q", "K", "V", "bias"]) {
-            ensure!(
-                f.datum_type == f32::datum_type(),
-                "{ATTENTION} wants f32 {what}, got {:?}",
-                f.datum_type
-            );
-        }
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        ensure!(q.rank() == 4 && k.rank() == 4 && v.rank() == 4, "{ATTENTION}: Q, K, V must be rank 4");
-        let shape = &q.shape;
-        Ok(tvec!(f32::fact([shape[0].clone(), shape[2].clone(), shape[1].clone(), shape[3].clone()])))
+        attention_output_facts(ATTENTION, inputs)
     }
 
     as_op!();

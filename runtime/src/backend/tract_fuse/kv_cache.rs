@@ -28,11 +28,11 @@
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_hir::internal::{
-    Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
-};
+use tract_onnx::tract_hir::internal::{Expansion, Solver, TensorProxy};
 
-use super::attention::{ATTENTION, Rows, attend_head, broadcast_strides, dot, softmax};
+use super::attention::{
+    ATTENTION, Rows, attend_head, attention_output_facts, attention_rules, broadcast_strides, dot, softmax,
+};
 use super::{DOMAIN, GraphIndex, int_attr, owned};
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
@@ -126,17 +126,19 @@ pub(crate) fn fuse_kv_cache(model: &mut ModelProto) -> Vec<CacheNames> {
                     continue;
                 }
                 let shape = &graph.node[reader];
-                let gather = match index.consumers.get(shape.output[0].as_str()).map(Vec::as_slice) {
+                let [shape_out] = shape.output.as_slice() else { return Vec::new() };
+                let gather = match index.consumers.get(shape_out.as_str()).map(Vec::as_slice) {
                     Some(&[g]) if shape.op_type == "Shape" && shape.attribute.is_empty() => g,
                     _ => return Vec::new(),
                 };
                 let gn = &graph.node[gather];
                 let is_length = gn.op_type == "Gather"
                     && gn.input.len() == 2
+                    && gn.output.len() == 1
                     && int_attr(gn, "axis").unwrap_or(0) == 0
                     && int_scalar(&index, &gn.input[1]) == Some(2)
                     && index.initializer.get(gn.input[1].as_str()).is_some_and(|t| t.dims.is_empty());
-                if !is_length || index.uses(&shape.output[0]) != 1 {
+                if !is_length || index.uses(shape_out) != 1 {
                     return Vec::new();
                 }
                 lengths.push((reader, gather));
@@ -275,17 +277,7 @@ impl Expansion for CachedAttentionExpansion {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> TractResult<()> {
-        check_input_arity(inputs, 4)?;
-        check_output_arity(outputs, 1)?;
-        for input in inputs {
-            s.equals(&input.datum_type, f32::datum_type())?;
-        }
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].rank, 4)?;
-        s.equals(&outputs[0].rank, 4)?;
-        s.given(&inputs[0].shape, move |s, q| {
-            s.equals(&outputs[0].shape, tvec![q[0].clone(), q[2].clone(), q[1].clone(), q[3].clone()])
-        })
+        attention_rules(s, inputs, outputs)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
@@ -325,17 +317,7 @@ impl EvalOp for CachedAttention {
 
 impl TypedOp for CachedAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 4, "{CACHED_ATTENTION}: wrong input count");
-        for (f, what) in inputs.iter().zip(["Q", "K", "V", "bias"]) {
-            ensure!(
-                f.datum_type == f32::datum_type(),
-                "{CACHED_ATTENTION} wants f32 {what}, got {:?}",
-                f.datum_type
-            );
-        }
-        ensure!(inputs[..3].iter().all(|f| f.rank() == 4), "{CACHED_ATTENTION}: Q, K, V must be rank 4");
-        let shape = &inputs[0].shape;
-        Ok(tvec!(f32::fact([shape[0].clone(), shape[2].clone(), shape[1].clone(), shape[3].clone()])))
+        attention_output_facts(CACHED_ATTENTION, inputs)
     }
 
     as_op!();
@@ -572,6 +554,48 @@ impl OpState for KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shipped_gpt_with_fused_attention() -> ModelProto {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shakespeare-gpt/int8/model.onnx");
+        let mut model = crate::Model::open(path).unwrap().proto().unwrap();
+        assert_eq!(super::super::fuse_attention(&mut model), 4);
+        model
+    }
+
+    fn count(model: &ModelProto, op: &str) -> usize {
+        model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == op).count()
+    }
+
+    #[test]
+    fn rewrites_every_layer_or_none() {
+        let mut model = shipped_gpt_with_fused_attention();
+        let names = fuse_kv_cache(&mut model);
+        assert_eq!(names.len(), 4);
+        assert_eq!(names[3].present_value, "present_value.3");
+        let graph = model.graph.as_ref().unwrap();
+        assert_eq!(
+            (count(&model, CACHED_ATTENTION), count(&model, ATTENTION), count(&model, "Concat")),
+            (4, 0, 0)
+        );
+        let inputs: Vec<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(inputs, ["input_ids", PAST_LENGTH]);
+        assert_eq!(graph.output.len(), 1);
+        assert!(!graph.node.iter().any(|n| n.input.iter().any(|i| i.starts_with("past_"))));
+
+        // One more reader of a cache input (here an extra graph output): nothing is rewritten.
+        let mut model = shipped_gpt_with_fused_attention();
+        let graph = model.graph.as_mut().unwrap();
+        graph.node.push(NodeProto {
+            op_type: "Identity".into(),
+            input: vec!["past_value.2".into()],
+            output: vec!["peek".into()],
+            ..Default::default()
+        });
+        graph.output.push(pb::ValueInfoProto { name: "peek".into(), ..Default::default() });
+        let concats = count(&model, "Concat");
+        assert!(fuse_kv_cache(&mut model).is_empty());
+        assert_eq!((count(&model, CACHED_ATTENTION), count(&model, "Concat")), (0, concats));
+    }
 
     #[test]
     fn loads_reads_and_appends_position_major() {
