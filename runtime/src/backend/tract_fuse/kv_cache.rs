@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(cache.shape(Half::Keys), Some(vec![b, h, t, d]));
         assert_eq!(cache.read(Half::Keys), data);
         // Position 2, batch 1, head 0 is row (2·2 + 1)·3 + 0 of the position-major store.
-        let want = &data[((1 * h) * t + 2) * d..][..d];
+        let want = &data[(h * t + 2) * d..][..d];
         assert_eq!(&cache.keys[((2 * b + 1) * h) * d..][..d], want);
         // Appending one position keeps the earlier ones; truncating drops it again.
         let step: Vec<f32> = (0..b * h * d).map(|i| -(i as f32)).collect();
