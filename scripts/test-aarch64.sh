@@ -257,8 +257,8 @@ done
 
 step "C examples, cross-compiled, against the x86 CLI"
 if [ "$have_ffi" -eq 1 ] && [ -f examples/c/Makefile ]; then
-    [ -f target/c-test/minilm/ferrite.json ] \
-        || fail "target/c-test/minilm is missing: scripts/test-c.sh makes it (run it first)"
+    [ -f target/c-test/minilm-fp32/ferrite.json ] \
+        || fail "target/c-test/minilm-fp32 is missing: scripts/test-c.sh makes it (run it first)"
     for cpu in "${cpus[@]}"; do
         make -C examples/c test CC=aarch64-linux-gnu-gcc RUNNER="${qemu[*]} -cpu $cpu" VALGRIND= \
             FERRITE_LIB_DIR="$out_dir" FERRITE_CLI="$x86" BUNDLE_DIR="$root/target/c-test" \
