@@ -1,5 +1,10 @@
 """Experiment (not used by ferrite or its tests): ONNX Runtime with an in-place KV cache.
 
+Session 9 built this into ferrite's ONNX Runtime backend (runtime/src/backend/ort_gqa.rs, on by
+default; `--ort-kv-concat` turns it off). The script stays as the Python reference: its rewritten
+file can be profiled node by node with ONNX Runtime's profiler, which ferrite's in-memory rewrite
+cannot (docs/runtime.md, "Session 9 lessons").
+
 Rewrites an exported ferrite GPT bundle for ONNX Runtime's `com.microsoft.GroupQueryAttention`
 (what ONNX Runtime GenAI uses): per layer, the keys-major attention block, the cache `Concat`s and
 the causal mask become one GQA node reading the split Q/K/V `[B, S, H*D]`; past and present

@@ -1,8 +1,10 @@
-//! tract's in-place KV cache (runtime/src/backend/tract_fuse/kv_cache.rs): a decoder's cache
-//! lives in its attention ops' state instead of being rebuilt by a `Concat` at every step. These
-//! tests hold carried steps on it to the unfused graph run with explicit caches, and check what
-//! a session promises around it: a failed step loses nothing, a plain run leaves the carried
-//! cache alone, and the cache read back is the file's `[B, H, T, D]` layout.
+//! The in-place KV caches: tract's (runtime/src/backend/tract_fuse/kv_cache.rs, the cache lives
+//! in its attention ops' state) and ONNX Runtime's (runtime/src/backend/ort_gqa.rs,
+//! GroupQueryAttention over one IO-bound buffer per layer for past and present), instead of the
+//! file's `Concat` that rebuilds the cache at every step. These tests hold carried steps on them
+//! to the file's graph run with explicit caches, and check what a session promises around them:
+//! a failed step loses nothing, a plain run leaves the carried cache alone, and the cache read
+//! back is the file's `[B, H, T, D]` layout.
 
 mod common;
 
@@ -77,19 +79,38 @@ fn decoder_plans_keep_the_cache_in_place() {
     assert_eq!(lstm.model().input_outlets().unwrap().len(), 3);
 }
 
-/// Carried steps (prefill, then many single tokens, past the first capacity doublings) against
-/// the unfused graph fed the caches explicitly, batch 1 and 2.
+/// Each backend with its in-place cache, and the same backend running the file as written.
+fn in_place_and_file() -> Vec<(Options, Options)> {
+    common::backends()
+        .into_iter()
+        .map(|o| {
+            let file = o.clone().tract_fused_attention(false).ort_in_place_kv(false);
+            (o, file)
+        })
+        .collect()
+}
+
+/// Carried steps (prefill, then many single tokens past the first capacity doublings, and a
+/// three-token step on a non-empty cache) against the file's graph fed the caches explicitly,
+/// batch 1 and 2, on every backend.
 #[test]
 fn carried_steps_match_the_unfused_graph() {
+    for (options, file) in in_place_and_file() {
+        carried_steps_match(&options, &file);
+    }
+}
+
+fn carried_steps_match(options: &Options, file: &Options) {
     for (rel, tol) in [("shakespeare-gpt/q4", 1e-4), ("shakespeare-gpt/int8", 5e-2)] {
         for batch in [1usize, 2] {
-            let mut cached = carrying(rel, &Options::default(), batch);
-            let mut plain = session(rel, &Options::default().tract_fused_attention(false));
+            let mut cached = carrying(rel, options, batch);
+            let mut plain = session(rel, file);
             let names = cache_names();
             let mut past: Vec<Tensor> = names.iter().map(|_| empty_cache(batch)).collect();
             let prompt: Vec<i64> = (0..9 * batch as i64).map(|i| (i * 311 + 5) % 4000).collect();
             let mut chunks = vec![prompt];
             chunks.extend((0..70).map(|i| (0..batch as i64).map(|b| (i * 53 + b * 7 + 1) % 4000).collect()));
+            chunks.insert(30, (0..3 * batch as i64).map(|i| (i * 97 + 11) % 4000).collect());
             for (n, chunk) in chunks.iter().enumerate() {
                 let got = step(&mut cached, batch, chunk);
                 let t = ids(batch, chunk);
@@ -99,15 +120,23 @@ fn carried_steps_match_the_unfused_graph() {
                 let want = out.get("logits").unwrap();
                 let diff = common::max_abs_diff("logits", &got, want);
                 let scale = common::as_f64(want).iter().fold(1f64, |m, v| m.max(v.abs()));
-                assert!(diff <= tol * scale, "{rel} batch {batch} step {n}: logits differ by {diff}");
+                let backend = options.backend;
+                assert!(
+                    diff <= tol * scale,
+                    "{backend:?} {rel} batch {batch} step {n}: logits differ by {diff}"
+                );
                 past = names.iter().map(|(_, o)| out.get(o).unwrap().clone()).collect();
             }
             // The cache read back is the file's layout and equals the unfused graph's.
             for ((input, _), want) in names.iter().zip(&past) {
                 let held = cached.carried(input).unwrap();
-                assert_eq!(held.shape(), want.shape(), "{rel} {input}");
+                assert_eq!(held.shape(), want.shape(), "{:?} {rel} {input}", options.backend);
                 let diff = common::max_abs_diff(input, &held, want);
-                assert!(diff <= tol * 10.0, "{rel} batch {batch} {input}: differs by {diff}");
+                assert!(
+                    diff <= tol * 10.0,
+                    "{:?} {rel} batch {batch} {input}: differs by {diff}",
+                    options.backend
+                );
             }
         }
     }
@@ -138,8 +167,14 @@ fn a_failed_step_loses_nothing() {
 /// `Session::run` neither reads nor changes the carried cache, and `set_carried` restarts it.
 #[test]
 fn plain_runs_and_resets_leave_the_carried_cache_alone() {
+    for (options, file) in in_place_and_file() {
+        plain_runs_and_resets(&options, &file);
+    }
+}
+
+fn plain_runs_and_resets(options: &Options, file: &Options) {
     let rel = "shakespeare-gpt/int8";
-    let options = Options::default();
+    let options = options.clone();
     let mut s = carrying(rel, &options, 1);
     let mut reference = carrying(rel, &options, 1);
     step(&mut s, 1, &[5, 6, 7]);
@@ -159,7 +194,7 @@ fn plain_runs_and_resets_leave_the_carried_cache_alone() {
     let prefix = ids(1, &[5, 6, 7, 12]);
     let mut inputs = vec![("input_ids", prefix.view())];
     inputs.extend(names.iter().map(|(p, _)| (p.as_str(), zero.view())));
-    let out = session(rel, &options.clone().tract_fused_attention(false)).run(&inputs).unwrap();
+    let out = session(rel, file).run(&inputs).unwrap();
     let mut restarted = carrying(rel, &options, 1);
     for (input, output) in &names {
         restarted.set_carried(input, out.get(output).unwrap().view()).unwrap();
@@ -167,5 +202,9 @@ fn plain_runs_and_resets_leave_the_carried_cache_alone() {
     let got = step(&mut restarted, 1, &[40]);
     let want = step(&mut s, 1, &[40]);
     let diff = common::max_abs_diff("logits", &got, &want);
-    assert!(diff <= 5e-2, "a cache loaded with set_carried gives the same next step: {diff}");
+    assert!(
+        diff <= 5e-2,
+        "{:?}: a cache loaded with set_carried gives the same next step: {diff}",
+        options.backend
+    );
 }

@@ -178,7 +178,6 @@ impl Model {
     }
 
     /// Decodes the protobuf again (backends that consume `tract_onnx::pb` types use this).
-    #[cfg(feature = "tract")]
     pub(crate) fn proto(&self) -> Result<pb::ModelProto> {
         decode(&self.path, &self.map)
     }

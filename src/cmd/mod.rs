@@ -34,6 +34,11 @@ pub struct RunFlags {
     /// of appending to it in place (the same outputs). For measuring what the in-place cache buys.
     #[arg(long)]
     pub tract_kv_concat: bool,
+    /// ort only: run the file's attention and its `Concat` that rebuilds a decoder's KV cache
+    /// every step, instead of ONNX Runtime's GroupQueryAttention on a cache kept in place (the
+    /// same outputs, to rounding). For measuring what the in-place cache buys.
+    #[arg(long)]
+    pub ort_kv_concat: bool,
 }
 
 /// `1048576`, `1024K`, `512M`, `1G` (binary multiples).
@@ -56,7 +61,8 @@ impl RunFlags {
             .threads(self.threads)
             .tract_fused_int8(!self.tract_unfused)
             .tract_fused_attention(!self.tract_unfused)
-            .tract_in_place_kv(!self.tract_kv_concat);
+            .tract_in_place_kv(!self.tract_kv_concat)
+            .ort_in_place_kv(!self.ort_kv_concat);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
         }

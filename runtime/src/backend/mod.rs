@@ -10,8 +10,11 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorView};
 
+mod onnx_graph;
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "ort")]
+mod ort_gqa;
 #[cfg(feature = "tract")]
 pub mod tract;
 #[cfg(feature = "tract")]
@@ -92,6 +95,11 @@ pub struct Options {
     /// rebuilds the whole cache every step (`backend/tract_fuse/kv_cache.rs`; the same outputs).
     /// On by default.
     pub tract_in_place_kv: bool,
+    /// On ONNX Runtime, keep a decoder's KV cache in place: its attention blocks run as ONNX
+    /// Runtime's `GroupQueryAttention` over one buffer per layer that past and present share (IO
+    /// binding), instead of the file's `Concat` that rebuilds the cache every step
+    /// (`backend/ort_gqa.rs`; the same outputs to rounding). On by default.
+    pub ort_in_place_kv: bool,
 }
 
 impl Default for Options {
@@ -105,6 +113,7 @@ impl Default for Options {
             tract_fused_int8: true,
             tract_fused_attention: true,
             tract_in_place_kv: true,
+            ort_in_place_kv: true,
         }
     }
 }
@@ -143,6 +152,11 @@ impl Options {
     /// Turns tract's in-place KV cache on or off (see [`Options::tract_in_place_kv`]).
     pub fn tract_in_place_kv(mut self, on: bool) -> Self {
         self.tract_in_place_kv = on;
+        self
+    }
+    /// Turns ONNX Runtime's in-place KV cache on or off (see [`Options::ort_in_place_kv`]).
+    pub fn ort_in_place_kv(mut self, on: bool) -> Self {
+        self.ort_in_place_kv = on;
         self
     }
     /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.

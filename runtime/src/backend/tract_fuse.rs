@@ -23,8 +23,6 @@
 //! is only replaced when every intermediate value is used inside it alone, the constants are
 //! exactly the exporter's, and the file says it was written by ferrite's exporter.
 
-use std::collections::HashMap;
-
 mod attention;
 mod kv_cache;
 mod matmul_i8;
@@ -48,9 +46,7 @@ pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";
 pub(crate) const ROW_DEQUANTIZE: &str = "FerriteRowDequantize";
 const DOMAIN: &str = "ai.ferrite";
 
-/// ONNX `TensorProto.DataType` codes used by the patterns.
-const ONNX_FLOAT: i64 = 1;
-const ONNX_UINT8: i64 = 2;
+use super::onnx_graph::{GraphIndex, ONNX_FLOAT, ONNX_UINT8, fusable_graph, int_attr, ints_attr};
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
@@ -71,19 +67,6 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
         let keys_major = node.get_attr_opt::<i64>("keys_major")?.unwrap_or(1) == 1;
         Ok((expand(attention::AttentionExpansion(attention::Attention::new(scale, keys_major))), vec![]))
     });
-}
-
-/// The graph of a ferrite-exported model without subgraphs: the only kind the rewrites touch.
-fn fusable_graph(model: &mut ModelProto) -> Option<&mut GraphProto> {
-    if !model.producer_name.starts_with("ferrite") {
-        return None;
-    }
-    let graph = model.graph.as_mut()?;
-    // Subgraphs (If/Loop/Scan bodies) could read values by name from here: leave such files alone.
-    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
-        return None;
-    }
-    Some(graph)
 }
 
 /// Rewrites the exporter's attention blocks (keys-major in decoders, query-major in encoders) of
@@ -179,93 +162,6 @@ fn apply(graph: &mut GraphProto, m: Match) {
         }
     }
     graph.node = nodes;
-}
-
-/// Who produces and how many read each value name.
-struct GraphIndex<'g> {
-    producer: HashMap<&'g str, usize>,
-    consumers: HashMap<&'g str, Vec<usize>>,
-    uses: HashMap<&'g str, usize>,
-    initializer: HashMap<&'g str, &'g pb::TensorProto>,
-}
-
-impl<'g> GraphIndex<'g> {
-    fn new(graph: &'g GraphProto) -> GraphIndex<'g> {
-        let mut producer = HashMap::new();
-        let mut uses: HashMap<&str, usize> = HashMap::new();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, node) in graph.node.iter().enumerate() {
-            for o in &node.output {
-                producer.insert(o.as_str(), i);
-            }
-            for inp in &node.input {
-                *uses.entry(inp.as_str()).or_default() += 1;
-                consumers.entry(inp.as_str()).or_default().push(i);
-            }
-        }
-        for o in &graph.output {
-            *uses.entry(o.name.as_str()).or_default() += 1;
-        }
-        let initializer = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-        GraphIndex { producer, consumers, uses, initializer }
-    }
-
-    fn uses(&self, name: &str) -> usize {
-        self.uses.get(name).copied().unwrap_or(0)
-    }
-
-    /// The node producing `name` if it is an `op` node with `inputs` inputs and one output.
-    fn node<'a>(
-        &self,
-        graph: &'a GraphProto,
-        name: &str,
-        op: &str,
-        inputs: usize,
-    ) -> Option<(usize, &'a NodeProto)> {
-        let i = *self.producer.get(name)?;
-        let n = &graph.node[i];
-        (n.op_type == op && n.domain.is_empty() && n.input.len() == inputs && n.output.len() == 1)
-            .then_some((i, n))
-    }
-
-    /// `name` is a 1-D f32 initializer (a bias).
-    fn is_vector(&self, name: &str) -> bool {
-        self.initializer.get(name).is_some_and(|t| t.data_type == ONNX_FLOAT as i32 && t.dims.len() == 1)
-    }
-
-    /// The only node reading `name`, when exactly one node reads it once and it is no graph output.
-    fn sole_consumer<'a>(&self, graph: &'a GraphProto, name: &str) -> Option<(usize, &'a NodeProto)> {
-        match self.consumers.get(name)?.as_slice() {
-            [i] if self.uses(name) == 1 => Some((*i, &graph.node[*i])),
-            _ => None,
-        }
-    }
-
-    /// `name` is an f32 scalar initializer holding exactly `value`.
-    fn is_scalar(&self, name: &str, value: f32) -> bool {
-        self.scalar_value(name).is_some_and(|v| v.to_bits() == value.to_bits())
-    }
-
-    /// The value of an inline f32 scalar initializer.
-    fn scalar_value(&self, name: &str) -> Option<f32> {
-        let t = self.initializer.get(name)?;
-        if t.data_type != ONNX_FLOAT as i32 || !t.dims.iter().all(|&d| d == 1) || t.data_location == Some(1) {
-            return None;
-        }
-        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
-            ([v], []) => Some(*v),
-            ([], raw) if raw.len() == 4 => Some(f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])),
-            _ => None,
-        }
-    }
-}
-
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
-}
-
-fn ints_attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [i64]> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.as_slice())
 }
 
 /// `Reduce{Min,Max}(x, axes = [-1], keepdims = 1)`.

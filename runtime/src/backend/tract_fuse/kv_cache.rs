@@ -30,18 +30,18 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{Expansion, Solver, TensorProxy};
 
+use super::DOMAIN;
 use super::attention::{
     ATTENTION, Rows, attend_head, attention_output_facts, attention_rules, broadcast_strides, dot, softmax,
 };
-use super::{DOMAIN, GraphIndex, int_attr, owned};
+use super::owned;
+use crate::backend::onnx_graph::{
+    GraphIndex, ONNX_INT64, fusable_graph, int_attr, int_scalar, remove_dead_nodes,
+};
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
 pub(crate) const CACHED_ATTENTION: &str = "FerriteCachedAttention";
-/// The graph input that replaces the past length read from the cache's shape (an i64 scalar).
-pub(crate) const PAST_LENGTH: &str = "ferrite.past_length";
-
-/// ONNX `TensorProto.DataType` code of int64.
-const ONNX_INT64: i32 = 7;
+pub(crate) use crate::backend::onnx_graph::PAST_LENGTH;
 
 /// One layer's cache as the file names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,24 +87,11 @@ fn match_cached(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<(usize
     Some((at, ck, cv, names))
 }
 
-/// The i64 value of a scalar (or one-element) initializer.
-fn int_scalar(ix: &GraphIndex<'_>, name: &str) -> Option<i64> {
-    let t = ix.initializer.get(name)?;
-    if t.data_type != ONNX_INT64 || t.dims.iter().product::<i64>() != 1 || t.data_location == Some(1) {
-        return None;
-    }
-    match (t.int64_data.as_slice(), t.raw_data.as_slice()) {
-        ([v], []) => Some(*v),
-        ([], raw) if raw.len() == 8 => Some(i64::from_le_bytes(raw.try_into().ok()?)),
-        _ => None,
-    }
-}
-
 /// Rewrites a ferrite-exported decoder step graph for the in-place cache (see the module docs);
 /// returns the layers' cache names in layer order, or nothing (graph untouched) unless every
 /// `past_*` input and every reader of one fits the pattern. Run after `fuse_attention`.
 pub(crate) fn fuse_kv_cache(model: &mut ModelProto) -> Vec<CacheNames> {
-    let Some(graph) = super::fusable_graph(model) else { return Vec::new() };
+    let Some(graph) = fusable_graph(model) else { return Vec::new() };
     unexpand_biases(graph);
     let index = GraphIndex::new(graph);
     let layers: Vec<_> = (0..graph.node.len()).filter_map(|i| match_cached(&index, graph, i)).collect();
@@ -237,28 +224,6 @@ fn unexpand_biases(graph: &mut GraphProto) {
         graph.node[i].input[3] = bias;
     }
     remove_dead_nodes(graph);
-}
-
-/// Removes nodes none of whose outputs is read by a node or is a graph output, until none is left.
-fn remove_dead_nodes(graph: &mut GraphProto) {
-    loop {
-        let mut used: std::collections::HashSet<&str> =
-            graph.output.iter().map(|o| o.name.as_str()).collect();
-        used.extend(graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)));
-        let dead: Vec<bool> = graph
-            .node
-            .iter()
-            .map(|n| n.output.iter().all(|o| o.is_empty() || !used.contains(o.as_str())))
-            .collect();
-        if !dead.contains(&true) {
-            return;
-        }
-        let mut i = 0;
-        graph.node.retain(|_| {
-            i += 1;
-            !dead[i - 1]
-        });
-    }
 }
 
 /// `(Q f32 [B, H, S, D], K_new f32 [B, H, S, D], V_new f32 [B, H, S, D], bias f32 broadcastable to

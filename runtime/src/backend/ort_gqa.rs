@@ -1,0 +1,397 @@
+//! An in-place KV cache for ONNX Runtime: at load, a ferrite-exported decoder's attention blocks
+//! become ONNX Runtime's own `com.microsoft.GroupQueryAttention`, whose past and present caches
+//! are one buffer per layer that the backend binds by IO binding (`ort.rs`, `GqaState`).
+//!
+//! The exported file keeps standard ONNX (issue 3: both backends run it as written), and in it
+//! every decode step `Concat`s the whole cache with the step's keys and values into a fresh
+//! `present_*` tensor: ONNX values cannot alias, so the cache is rewritten every step and a step
+//! at position 200 cost 1.38–1.62× a step at position 10 on ONNX Runtime (BENCHMARKS.md). GQA in
+//! its `past_present_share_buffer` mode (chosen by ONNX Runtime when the past and present tensors
+//! are the same memory) writes a step's rows at the past length and reads the earlier rows where
+//! they lie, with the causal mask built in — what ONNX Runtime GenAI does.
+//!
+//! Per layer the exporter writes (exporter/src/arch/gpt2.rs), with `q`, `k`, `v` the `[B, S, H·D]`
+//! thirds of the fused QKV projection:
+//! `Concat(past_key, Transpose(Reshape(k, [0, 0, H, D]), 0 2 1 3), axis 2)` → `present_key` (and
+//! the same for values), `MatMul(present_key, Transpose(q heads))` → `Mul(scale)` → `+ causal
+//! bias` → `Softmax` → `MatMul(Transpose(present_value), probs)` → `Transpose(0 3 1 2)` →
+//! `Reshape([0, 0, H·D])`. [`rewrite`] replaces that last `Reshape` by one GQA node
+//! `(q, k, v, past_key, past_value, seqlens_k, total_sequence_length) → (context, present_key,
+//! present_value)` and drops the `Concat`s; the old attention nodes and the mask are then dead and
+//! removed. The positions read the past length from `Shape(past_key.0)`, which is now a buffer's
+//! capacity: that `Gather` becomes the input [`PAST_LENGTH`]. All or nothing: any layer or cache
+//! reader outside the pattern leaves the graph untouched (the backend then runs the file).
+
+use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
+
+use super::onnx_graph::{
+    GraphIndex, ONNX_INT32, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, int_scalar, ints_attr,
+    remove_dead_nodes, value_info,
+};
+
+/// `[B]` i32: each sequence's total length minus one (GQA's `seqlens_k`).
+pub(crate) const SEQLENS_K: &str = "ferrite.seqlens_k";
+/// i32 scalar: the past length plus the step's length (GQA's `total_sequence_length`).
+pub(crate) const TOTAL_LENGTH: &str = "ferrite.total_sequence_length";
+
+/// One layer's cache as the file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerCache {
+    pub past_key: String,
+    pub past_value: String,
+    pub present_key: String,
+    pub present_value: String,
+}
+
+/// What the rewrite found: the layers in order and the cache geometry.
+#[derive(Debug, Clone)]
+pub(crate) struct GqaGraph {
+    pub layers: Vec<LayerCache>,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// `Transpose` with exactly permutation `perm`, producing `name`: its input.
+fn transposed<'g>(ix: &GraphIndex<'_>, g: &'g GraphProto, name: &str, perm: &[i64]) -> Option<&'g String> {
+    let (_, t) = ix.node(g, name, "Transpose", 1)?;
+    (ints_attr(t, "perm") == Some(perm)).then_some(&t.input[0])
+}
+
+/// The i64 values of a small inline int64 initializer.
+fn int_vector(ix: &GraphIndex<'_>, name: &str) -> Option<Vec<i64>> {
+    let t = ix.initializer.get(name)?;
+    if t.data_type != ONNX_INT64 || t.dims.len() != 1 || t.data_location == Some(1) {
+        return None;
+    }
+    if !t.int64_data.is_empty() {
+        return Some(t.int64_data.clone());
+    }
+    let raw = &t.raw_data;
+    (raw.len() % 8 == 0)
+        .then(|| raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+/// `Transpose(Reshape(flat, [0, 0, H, D]), 0 2 1 3)` producing `name`, each value read once:
+/// `(flat, H, D)`.
+fn heads_of(ix: &GraphIndex<'_>, g: &GraphProto, name: &str) -> Option<(String, i64, i64)> {
+    let reshaped = transposed(ix, g, name, &[0, 2, 1, 3])?;
+    let (_, r) = ix.node(g, reshaped, "Reshape", 2)?;
+    let &[0, 0, h, d] = int_vector(ix, &r.input[1])?.as_slice() else { return None };
+    (ix.uses(name) == 1 && ix.uses(reshaped) == 1 && h > 0 && d > 0).then(|| (r.input[0].clone(), h, d))
+}
+
+/// The one node of type `op` reading `name` (other readers may exist, of other types).
+fn reader<'g>(
+    ix: &GraphIndex<'_>,
+    g: &'g GraphProto,
+    name: &str,
+    op: &str,
+) -> Option<(usize, &'g NodeProto)> {
+    let mut found =
+        ix.consumers.get(name)?.iter().filter(|&&i| g.node[i].op_type == op && g.node[i].domain.is_empty());
+    let &i = found.next()?;
+    found.next().is_none().then(|| (i, &g.node[i]))
+}
+
+/// One matched layer: the `Concat` indices to drop, the context `Reshape` to replace and its GQA.
+struct Layer {
+    concats: [usize; 2],
+    context: usize,
+    node: NodeProto,
+    names: LayerCache,
+    heads: i64,
+    head_dim: i64,
+}
+
+/// Matches the layer whose key cache is `Concat` node `ck` (see the module docs).
+fn match_layer(ix: &GraphIndex<'_>, g: &GraphProto, ck: usize) -> Option<Layer> {
+    let is_input = |name: &str| g.input.iter().any(|i| i.name == name) && !ix.initializer.contains_key(name);
+    let is_output = |name: &str| g.output.iter().any(|o| o.name == name);
+    let cache_concat = |n: &NodeProto| {
+        n.op_type == "Concat"
+            && n.domain.is_empty()
+            && n.input.len() == 2
+            && n.output.len() == 1
+            && int_attr(n, "axis") == Some(2)
+            && is_input(&n.input[0])
+            && is_output(&n.output[0])
+            && ix.uses(&n.output[0]) == 2
+    };
+    let key = &g.node[ck];
+    if !cache_concat(key) {
+        return None;
+    }
+    let present_key = &key.output[0];
+    // The scores: MatMul(present_key, Transpose(q heads, 0 1 3 2)) → Mul(scale).
+    let &[scores_i] = ix.consumers.get(present_key.as_str())?.as_slice() else { return None };
+    let scores = &g.node[scores_i];
+    if scores.op_type != "MatMul" || scores.input.len() != 2 || scores.input[0] != *present_key {
+        return None;
+    }
+    let q_heads = transposed(ix, g, &scores.input[1], &[0, 1, 3, 2])?;
+    let (q, hq, dq) = heads_of(ix, g, q_heads)?;
+    let (_, mul) = ix.sole_consumer(g, &scores.output[0]).filter(|(_, m)| m.op_type == "Mul")?;
+    let scale = ix.scalar_value(&mul.input[1])?;
+    let (k, hk, dk) = heads_of(ix, g, &key.input[1])?;
+    // The probabilities: Mul → Add(causal bias) → Softmax (layer 0's Mul also feeds the `Shape`
+    // that sizes the shared bias), then the context MatMul(Transpose(present_value), probs).
+    let (_, add) = reader(ix, g, &mul.output[0], "Add")?;
+    let (_, softmax) = reader(ix, g, &add.output[0], "Softmax")?;
+    let (_, ctx_t) = reader(ix, g, &softmax.output[0], "MatMul")?;
+    if ctx_t.input.len() != 2 || ctx_t.input[1] != softmax.output[0] {
+        return None;
+    }
+    let value_cache = transposed(ix, g, &ctx_t.input[0], &[0, 1, 3, 2])?;
+    let value_concat = *ix.producer.get(value_cache.as_str())?;
+    let value = &g.node[value_concat];
+    if !cache_concat(value) {
+        return None;
+    }
+    let (v, hv, dv) = heads_of(ix, g, &value.input[1])?;
+    let present_value = &value.output[0];
+    if ix.uses(&ctx_t.input[0]) != 1 {
+        return None;
+    }
+    let (_, back) = ix.sole_consumer(g, &ctx_t.output[0])?;
+    if back.op_type != "Transpose" || ints_attr(back, "perm") != Some(&[0, 3, 1, 2]) {
+        return None;
+    }
+    let (context_i, context) = ix.sole_consumer(g, &back.output[0])?;
+    if context.op_type != "Reshape" || int_vector(ix, &context.input[1])? != [0, 0, hq * dq] {
+        return None;
+    }
+    if (hq, dq) != (hk, dk) || (hq, dq) != (hv, dv) {
+        return None;
+    }
+    let attr_int = |name: &str, i: i64| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    };
+    let names = LayerCache {
+        past_key: key.input[0].clone(),
+        past_value: value.input[0].clone(),
+        present_key: present_key.clone(),
+        present_value: present_value.clone(),
+    };
+    let node = NodeProto {
+        name: format!("{}.gqa", context.name),
+        op_type: "GroupQueryAttention".into(),
+        domain: "com.microsoft".into(),
+        input: vec![
+            q,
+            k,
+            v,
+            names.past_key.clone(),
+            names.past_value.clone(),
+            SEQLENS_K.into(),
+            TOTAL_LENGTH.into(),
+        ],
+        output: vec![context.output[0].clone(), names.present_key.clone(), names.present_value.clone()],
+        attribute: vec![
+            attr_int("num_heads", hq),
+            attr_int("kv_num_heads", hq),
+            pb::AttributeProto {
+                name: "scale".into(),
+                r#type: pb::attribute_proto::AttributeType::Float as i32,
+                f: scale,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    Some(Layer { concats: [ck, value_concat], context: context_i, node, names, heads: hq, head_dim: dq })
+}
+
+/// Rewrites a ferrite-exported decoder step graph for GQA with an in-place cache (see the module
+/// docs); returns the layers found in layer order (by their `past_key` names' order among the
+/// graph inputs), or `None` with the graph untouched.
+pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
+    let graph = fusable_graph(model)?;
+    let index = GraphIndex::new(graph);
+    let layers: Vec<Layer> = (0..graph.node.len()).filter_map(|i| match_layer(&index, graph, i)).collect();
+    let cache_inputs: Vec<&str> =
+        graph.input.iter().map(|i| i.name.as_str()).filter(|n| n.starts_with("past_")).collect();
+    if layers.is_empty() || cache_inputs.len() != 2 * layers.len() {
+        return None;
+    }
+    let (heads, head_dim) = (layers[0].heads, layers[0].head_dim);
+    if layers.iter().any(|l| (l.heads, l.head_dim) != (heads, head_dim)) {
+        return None;
+    }
+    // Every other reader of a cache input: `Shape`, read only by `Gather(·, 2, axis 0)`.
+    let mut lengths = Vec::new();
+    for layer in &layers {
+        for (past, concat) in
+            [(&layer.names.past_key, layer.concats[0]), (&layer.names.past_value, layer.concats[1])]
+        {
+            for &reader in index.consumers.get(past.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                if reader == concat {
+                    continue;
+                }
+                let shape = &graph.node[reader];
+                let [shape_out] = shape.output.as_slice() else { return None };
+                let gather = match index.consumers.get(shape_out.as_str()).map(Vec::as_slice) {
+                    Some(&[g]) if shape.op_type == "Shape" && shape.attribute.is_empty() => g,
+                    _ => return None,
+                };
+                let gn = &graph.node[gather];
+                let is_length = gn.op_type == "Gather"
+                    && gn.input.len() == 2
+                    && gn.output.len() == 1
+                    && int_attr(gn, "axis").unwrap_or(0) == 0
+                    && int_scalar(&index, &gn.input[1]) == Some(2)
+                    && index.initializer.get(gn.input[1].as_str()).is_some_and(|t| t.dims.is_empty());
+                if !is_length || index.uses(shape_out) != 1 {
+                    return None;
+                }
+                lengths.push((reader, gather));
+            }
+        }
+    }
+    // Layer order: the order of the `past_key` inputs.
+    let mut layers = layers;
+    let position = |name: &str| graph.input.iter().position(|i| i.name == name);
+    layers.sort_by_key(|l| position(&l.names.past_key));
+    drop(index);
+
+    let mut remove = vec![false; graph.node.len()];
+    let mut found = Vec::with_capacity(layers.len());
+    for layer in layers {
+        remove[layer.concats[0]] = true;
+        remove[layer.concats[1]] = true;
+        graph.node[layer.context] = layer.node;
+        found.push(layer.names);
+    }
+    for (shape, gather) in lengths {
+        remove[shape] = true;
+        let out = graph.node[gather].output[0].clone();
+        graph.node[gather] = NodeProto {
+            name: format!("{out}.past_length"),
+            op_type: "Identity".into(),
+            input: vec![PAST_LENGTH.into()],
+            output: vec![out],
+            ..Default::default()
+        };
+    }
+    let mut i = 0;
+    graph.node.retain(|_| {
+        i += 1;
+        !remove[i - 1]
+    });
+    remove_dead_nodes(graph);
+    graph.input.push(value_info(SEQLENS_K, ONNX_INT32, &[Err("batch")]));
+    graph.input.push(value_info(TOTAL_LENGTH, ONNX_INT32, &[]));
+    graph.input.push(value_info(PAST_LENGTH, ONNX_INT64, &[]));
+    model.opset_import.push(pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
+    Some(GqaGraph { layers: found, heads: heads as usize, head_dim: head_dim as usize })
+}
+
+/// A layer's half of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Half {
+    Keys,
+    Values,
+}
+
+/// The geometry of a session's cache buffers: `[B, H, capacity, D]` per layer and half, of which
+/// the first `len` positions hold the cache (per layer and half, so given caches can be loaded
+/// one by one; a run needs them all equal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub batch: usize,
+    pub heads: usize,
+    pub capacity: usize,
+    pub head_dim: usize,
+}
+
+impl Geometry {
+    /// The buffer's shape as ONNX Runtime takes it.
+    pub(crate) fn shape(&self) -> Vec<i64> {
+        [self.batch, self.heads, self.capacity, self.head_dim].iter().map(|&d| d as i64).collect()
+    }
+}
+
+/// Copies the first `len` positions of a `[B, H, from_cap, D]` buffer into a `[B, H, to_cap, D]`
+/// one (`len ≤ both capacities`); `from` may be a dense `[B, H, len, D]` tensor (`from_cap = len`).
+pub(crate) fn copy_positions(
+    from: &[f32],
+    from_cap: usize,
+    to: &mut [f32],
+    to_cap: usize,
+    (batch, heads, len, head_dim): (usize, usize, usize, usize),
+) {
+    let n = len * head_dim;
+    for bh in 0..batch * heads {
+        to[bh * to_cap * head_dim..][..n].copy_from_slice(&from[bh * from_cap * head_dim..][..n]);
+    }
+}
+
+/// The capacity to allocate for `needed` positions when `current` is too small: doubling (so
+/// growing costs amortised O(1) per step), at least 64.
+pub(crate) fn grown_capacity(current: usize, needed: usize) -> usize {
+    needed.max(current.saturating_mul(2)).max(64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Model;
+
+    fn proto(rel: &str) -> ModelProto {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).join("model.onnx");
+        Model::open(path).unwrap().proto().unwrap()
+    }
+
+    #[test]
+    fn rewrites_the_shipped_decoders_and_nothing_else() {
+        for rel in ["models/shakespeare-gpt/int8", "models/shakespeare-gpt/q4"] {
+            let mut model = proto(rel);
+            let before = model.graph.as_ref().unwrap().node.len();
+            let found = rewrite(&mut model).unwrap_or_else(|| panic!("{rel}: no match"));
+            assert_eq!(found.layers.len(), 4, "{rel}");
+            assert_eq!((found.heads, found.head_dim), (4, 32), "{rel}");
+            assert_eq!(found.layers[3].past_value, "past_value.3");
+            let g = model.graph.as_ref().unwrap();
+            let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+            assert_eq!(count("GroupQueryAttention"), 4, "{rel}");
+            assert_eq!(count("Softmax"), 0, "{rel}: the old attention is gone");
+            assert!(g.node.iter().all(|n| {
+                n.input.iter().all(|i| !i.starts_with("past_") || n.op_type == "GroupQueryAttention")
+            }));
+            assert!(g.node.len() < before - 4 * 10, "{rel}: {before} → {} nodes", g.node.len());
+            let inputs: Vec<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+            assert_eq!(inputs[inputs.len() - 3..], [SEQLENS_K, TOTAL_LENGTH, PAST_LENGTH]);
+            assert!(model.opset_import.iter().any(|o| o.domain == "com.microsoft"));
+        }
+        // An LSTM (no attention) and an encoder (query-major attention, no cache).
+        for rel in ["models/shakespeare-lstm/int8", "fuzz/fixtures/bert-int8"] {
+            let mut model = proto(rel);
+            let before = model.clone();
+            assert!(rewrite(&mut model).is_none(), "{rel}");
+            assert_eq!(model, before, "{rel}: untouched");
+        }
+    }
+
+    #[test]
+    fn copies_positions_between_capacities() {
+        let (b, h, d) = (2, 3, 4);
+        let dense: Vec<f32> = (0..b * h * 5 * d).map(|i| i as f32).collect();
+        let mut wide = vec![-1.0; b * h * 8 * d];
+        copy_positions(&dense, 5, &mut wide, 8, (b, h, 5, d));
+        // Batch 1, head 2, position 4 sits at ((1·3 + 2)·8 + 4)·4 in the wide buffer.
+        assert_eq!(wide[((3 + 2) * 8 + 4) * d], dense[((3 + 2) * 5 + 4) * d]);
+        assert_eq!(wide[((3 + 2) * 8 + 5) * d], -1.0, "positions past len stay untouched");
+        let mut back = vec![0.0; dense.len()];
+        copy_positions(&wide, 8, &mut back, 5, (b, h, 5, d));
+        assert_eq!(back, dense);
+    }
+
+    #[test]
+    fn capacity_doubles_from_64() {
+        assert_eq!(grown_capacity(0, 9), 64);
+        assert_eq!(grown_capacity(64, 65), 128);
+        assert_eq!(grown_capacity(64, 300), 300);
+    }
+}
