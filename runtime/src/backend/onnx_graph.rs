@@ -8,8 +8,6 @@ use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
 /// ONNX `TensorProto.DataType` codes the rewrites check.
 pub(crate) const ONNX_FLOAT: i64 = 1;
-pub(crate) const ONNX_UINT8: i64 = 2;
-pub(crate) const ONNX_INT32: i32 = 6;
 pub(crate) const ONNX_INT64: i32 = 7;
 
 /// The graph input that replaces a decoder's past length read from its cache's shape (an i64
@@ -77,6 +75,7 @@ impl<'g> GraphIndex<'g> {
     }
 
     /// `name` is a 1-D f32 initializer (a bias).
+    #[cfg(feature = "tract")]
     pub(crate) fn is_vector(&self, name: &str) -> bool {
         self.initializer.get(name).is_some_and(|t| t.data_type == ONNX_FLOAT as i32 && t.dims.len() == 1)
     }
@@ -94,6 +93,7 @@ impl<'g> GraphIndex<'g> {
     }
 
     /// `name` is an f32 scalar initializer holding exactly `value`.
+    #[cfg(feature = "tract")]
     pub(crate) fn is_scalar(&self, name: &str, value: f32) -> bool {
         self.scalar_value(name).is_some_and(|v| v.to_bits() == value.to_bits())
     }

@@ -25,9 +25,12 @@
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
 use super::onnx_graph::{
-    GraphIndex, ONNX_INT32, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, int_scalar, ints_attr,
-    remove_dead_nodes, value_info,
+    GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, int_scalar, ints_attr, remove_dead_nodes,
+    value_info,
 };
+
+/// ONNX `TensorProto.DataType` code of int32 (GQA's length inputs).
+const ONNX_INT32: i32 = 6;
 
 /// `[B]` i32: each sequence's total length minus one (GQA's `seqlens_k`).
 pub(crate) const SEQLENS_K: &str = "ferrite.seqlens_k";

@@ -46,7 +46,10 @@ pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";
 pub(crate) const ROW_DEQUANTIZE: &str = "FerriteRowDequantize";
 const DOMAIN: &str = "ai.ferrite";
 
-use super::onnx_graph::{GraphIndex, ONNX_FLOAT, ONNX_UINT8, fusable_graph, int_attr, ints_attr};
+use super::onnx_graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, ints_attr};
+
+/// ONNX `TensorProto.DataType` code of uint8 (the codes' `Cast`).
+const ONNX_UINT8: i64 = 2;
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {

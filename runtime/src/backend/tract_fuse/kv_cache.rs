@@ -36,7 +36,7 @@ use super::attention::{
 };
 use super::owned;
 use crate::backend::onnx_graph::{
-    GraphIndex, ONNX_INT64, fusable_graph, int_attr, int_scalar, remove_dead_nodes,
+    GraphIndex, ONNX_INT64, fusable_graph, int_attr, int_scalar, remove_dead_nodes, value_info,
 };
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
@@ -189,17 +189,7 @@ pub(crate) fn fuse_kv_cache(model: &mut ModelProto) -> Vec<CacheNames> {
     graph.input.retain(|v| !cached(&v.name));
     let present = |name: &str| names.iter().any(|n| n.present_key == name || n.present_value == name);
     graph.output.retain(|v| !present(&v.name));
-    graph.input.push(pb::ValueInfoProto {
-        name: PAST_LENGTH.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: ONNX_INT64,
-                shape: Some(pb::TensorShapeProto { dim: vec![] }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    graph.input.push(value_info(PAST_LENGTH, ONNX_INT64, &[]));
     names
 }
 
