@@ -183,7 +183,7 @@ def decoder(args, work: Path) -> tuple[list[str], dict]:
         bundle = model_dir / q if (model_dir / q).exists() else export(model_dir, work / f"gpt-{q}", q)
         for backend in ["tract", "ort"]:
             r = ferrite_bench(bundle, backend, args.threads, "--prompt-tokens", str(prompt), "--gen-tokens", str(gen),
-                              "--at-position", "10,200", "--repeat", str(max(3, args.repeat // 4)))
+                              "--at-position", "10,200", "--repeat", str(args.repeat))
             at = r["decode_step_ms_at_position"]
             rows[f"ferrite {backend} {q}"] = {
                 "decode_tps": r["decode_tokens_per_s"]["median"],

@@ -210,6 +210,27 @@ pub(crate) fn held_slot<T>(held: &[Option<T>], input: usize) -> Result<&T> {
         .ok_or_else(|| crate::Error::InvalidInput(format!("input #{input} has no value held in the backend")))
 }
 
+/// On an in-place KV cache (`slots`: the layer and half each file input/output stands for) a
+/// cache output can only be carried into its own cache input.
+pub(crate) fn check_cache_carry<T: PartialEq + Copy>(
+    input_slots: &[Option<T>],
+    output_slots: &[Option<T>],
+    carry: &[Option<usize>],
+    backend: &str,
+) -> Result<()> {
+    for (j, slot) in output_slots.iter().enumerate() {
+        let into = carry.get(j).copied().flatten();
+        if let (Some(at), Some(i)) = (slot, into)
+            && input_slots.get(i).copied().flatten() != Some(*at)
+        {
+            return Err(crate::Error::InvalidInput(format!(
+                "output #{j} can only be carried into its own cache input on {backend}'s in-place KV cache"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn prepare(model: &Model, options: &Options) -> Result<Box<dyn PreparedModel>> {
     match options.backend {
         #[cfg(feature = "tract")]

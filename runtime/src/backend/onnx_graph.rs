@@ -181,3 +181,34 @@ pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[Result<i64, &str>])
         ..Default::default()
     }
 }
+
+/// When node `reader` (a reader of a cache input) is `Shape`, read only by `Gather(·, 2, axis 0)`
+/// — the past length, as the exporter computes the positions — the `Gather`'s index.
+pub(crate) fn past_length_gather(ix: &GraphIndex<'_>, graph: &GraphProto, reader: usize) -> Option<usize> {
+    let shape = &graph.node[reader];
+    let [shape_out] = shape.output.as_slice() else { return None };
+    let gather = match ix.consumers.get(shape_out.as_str()).map(Vec::as_slice) {
+        Some(&[g]) if shape.op_type == "Shape" && shape.attribute.is_empty() => g,
+        _ => return None,
+    };
+    let gn = &graph.node[gather];
+    let is_length = gn.op_type == "Gather"
+        && gn.input.len() == 2
+        && gn.output.len() == 1
+        && int_attr(gn, "axis").unwrap_or(0) == 0
+        && int_scalar(ix, &gn.input[1]) == Some(2)
+        && ix.initializer.get(gn.input[1].as_str()).is_some_and(|t| t.dims.is_empty());
+    (is_length && ix.uses(shape_out) == 1).then_some(gather)
+}
+
+/// The node that takes a past-length `Gather`'s place: `Identity(PAST_LENGTH)` into its output.
+pub(crate) fn past_length_node(gather: &NodeProto) -> NodeProto {
+    let out = gather.output[0].clone();
+    NodeProto {
+        name: format!("{out}.past_length"),
+        op_type: "Identity".into(),
+        input: vec![PAST_LENGTH.into()],
+        output: vec![out],
+        ..Default::default()
+    }
+}

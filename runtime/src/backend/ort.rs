@@ -449,16 +449,7 @@ impl GqaState {
                 self.lens
             )));
         }
-        for (j, slot) in map.outputs.iter().enumerate() {
-            let into = carry.get(j).copied().flatten();
-            if let (Some(at), Some(i)) = (slot, into)
-                && map.inputs.get(i).copied().flatten() != Some(*at)
-            {
-                return Err(Error::InvalidInput(format!(
-                    "output #{j} can only be carried into its own cache input on ONNX Runtime's in-place KV cache"
-                )));
-            }
-        }
+        super::check_cache_carry(&map.inputs, &map.outputs, carry, "ONNX Runtime")?;
         let Some(Some(ids)) = inputs.get(map.ids) else {
             return Err(Error::InvalidInput("input_ids must be given at every step".into()));
         };

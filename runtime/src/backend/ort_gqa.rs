@@ -25,8 +25,8 @@
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
 use super::onnx_graph::{
-    GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, int_scalar, ints_attr, remove_dead_nodes,
-    value_info,
+    GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, ints_attr, past_length_gather,
+    past_length_node, remove_dead_nodes, value_info,
 };
 
 /// ONNX `TensorProto.DataType` code of int32 (GQA's length inputs).
@@ -233,22 +233,7 @@ pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
                 if reader == concat {
                     continue;
                 }
-                let shape = &graph.node[reader];
-                let [shape_out] = shape.output.as_slice() else { return None };
-                let gather = match index.consumers.get(shape_out.as_str()).map(Vec::as_slice) {
-                    Some(&[g]) if shape.op_type == "Shape" && shape.attribute.is_empty() => g,
-                    _ => return None,
-                };
-                let gn = &graph.node[gather];
-                let is_length = gn.op_type == "Gather"
-                    && gn.input.len() == 2
-                    && gn.output.len() == 1
-                    && int_attr(gn, "axis").unwrap_or(0) == 0
-                    && int_scalar(&index, &gn.input[1]) == Some(2)
-                    && index.initializer.get(gn.input[1].as_str()).is_some_and(|t| t.dims.is_empty());
-                if !is_length || index.uses(shape_out) != 1 {
-                    return None;
-                }
+                let gather = past_length_gather(&index, graph, reader)?;
                 lengths.push((reader, gather));
             }
         }
@@ -269,14 +254,7 @@ pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
     }
     for (shape, gather) in lengths {
         remove[shape] = true;
-        let out = graph.node[gather].output[0].clone();
-        graph.node[gather] = NodeProto {
-            name: format!("{out}.past_length"),
-            op_type: "Identity".into(),
-            input: vec![PAST_LENGTH.into()],
-            output: vec![out],
-            ..Default::default()
-        };
+        graph.node[gather] = past_length_node(&graph.node[gather]);
     }
     let mut i = 0;
     graph.node.retain(|_| {

@@ -354,16 +354,7 @@ impl CacheState {
         if lengths.iter().any(|&l| l != past) {
             return Err(Error::InvalidInput(format!("the KV caches hold different lengths: {lengths:?}")));
         }
-        for (j, slot) in map.outputs.iter().enumerate() {
-            let into = carry.get(j).copied().flatten();
-            if let (Some(at), Some(i)) = (slot, into)
-                && map.inputs.get(i).copied().flatten() != Some(*at)
-            {
-                return Err(Error::InvalidInput(format!(
-                    "output #{j} can only be carried into its own cache input on tract's in-place KV cache"
-                )));
-            }
-        }
+        super::check_cache_carry(&map.inputs, &map.outputs, carry, "tract")?;
         let mut values: TVec<TValue> = tvec![];
         for (i, input) in inputs.iter().enumerate() {
             if map.inputs[i].is_some() {

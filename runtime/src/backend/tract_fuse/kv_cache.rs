@@ -36,7 +36,8 @@ use super::attention::{
 };
 use super::owned;
 use crate::backend::onnx_graph::{
-    GraphIndex, ONNX_INT64, fusable_graph, int_attr, int_scalar, remove_dead_nodes, value_info,
+    GraphIndex, ONNX_INT64, fusable_graph, int_attr, past_length_gather, past_length_node, remove_dead_nodes,
+    value_info,
 };
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
@@ -112,22 +113,7 @@ pub(crate) fn fuse_kv_cache(model: &mut ModelProto) -> Vec<CacheNames> {
                 if reader == concat {
                     continue;
                 }
-                let shape = &graph.node[reader];
-                let [shape_out] = shape.output.as_slice() else { return Vec::new() };
-                let gather = match index.consumers.get(shape_out.as_str()).map(Vec::as_slice) {
-                    Some(&[g]) if shape.op_type == "Shape" && shape.attribute.is_empty() => g,
-                    _ => return Vec::new(),
-                };
-                let gn = &graph.node[gather];
-                let is_length = gn.op_type == "Gather"
-                    && gn.input.len() == 2
-                    && gn.output.len() == 1
-                    && int_attr(gn, "axis").unwrap_or(0) == 0
-                    && int_scalar(&index, &gn.input[1]) == Some(2)
-                    && index.initializer.get(gn.input[1].as_str()).is_some_and(|t| t.dims.is_empty());
-                if !is_length || index.uses(shape_out) != 1 {
-                    return Vec::new();
-                }
+                let Some(gather) = past_length_gather(&index, graph, reader) else { return Vec::new() };
                 lengths.push((reader, gather));
             }
         }
@@ -164,17 +150,7 @@ pub(crate) fn fuse_kv_cache(model: &mut ModelProto) -> Vec<CacheNames> {
     }
     for (shape, gather) in lengths {
         remove[shape] = true;
-        let out = graph.node[gather].output[0].clone();
-        replace.push((
-            gather,
-            NodeProto {
-                name: format!("{out}.past_length"),
-                op_type: "Identity".into(),
-                input: vec![PAST_LENGTH.into()],
-                output: vec![out],
-                ..Default::default()
-            },
-        ));
+        replace.push((gather, past_length_node(&graph.node[gather])));
     }
     drop(index);
     for (i, node) in replace {
