@@ -9,7 +9,8 @@ reproduces `ferrite eval --reference` within 0.1 point (98.09 % here vs 98.03 % 
 
 Needs the dev venv (torch, transformers, tokenizers):
     .venv-dev/bin/python scripts/int8_sensitivity.py
-Results (2026-11-28; outlier-channel rows 2026-11-29) are in models/shakespeare-gpt/README.md.
+Results (2026-11-28; outlier-channel rows 2026-11-29; two-pass rows session 9) are in
+models/shakespeare-gpt/README.md.
 """
 import math
 from pathlib import Path
@@ -153,3 +154,48 @@ for n, m in maxima.items():
 for channels in [4, 16]:
     outlier_split(maxima, channels)
 pu.Conv1D.forward = conv1d_forward
+
+
+# Session 9: the session-8 activation scheme (each row coded over its own [min, max], no zero
+# point: exporter/src/quant/int8.rs) and "two-pass" activations, the residual of the first uint8
+# pass coded by a second one (~16 bits; twice the integer products), where exactly.
+def row_codes(x):
+    lo = x.amin(-1, keepdim=True)
+    s = ((x.amax(-1, keepdim=True) - lo) / 255).clamp(min=1e-30)
+    return lo, s, (x - lo) / s
+
+
+def one_pass(x):
+    lo, s, t = row_codes(x)
+    return lo + t.round() * s
+
+
+def two_pass(x):
+    lo, s, t = row_codes(x)
+    r = t.round()
+    return lo + s * (r + ((t - r + 0.5) * 255).round() / 255 - 0.5)
+
+
+def passes(desc, two=(), head_two=False):
+    def forward(self, x):
+        xa = two_pass(x) if any(names[self].endswith(k) for k in two) else one_pass(x)
+        return xa @ quantise_weight(self.weight) + self.bias
+
+    pu.Conv1D.forward = forward
+    wq = quantise_weight(model.lm_head.weight.t()).t()
+    model.lm_head.forward = lambda x: (two_pass(x) if head_two else one_pass(x)) @ wq.t()
+    with torch.no_grad():
+        l = logits()
+    top1 = (l.argmax(-1) == reference_top1).float().mean().item() * 100
+    ppl = (math.exp(cross_entropy(l) - reference_ce) - 1) * 100
+    print(f"| {desc} | {top1:.2f} % | {ppl:+.3f} % |", flush=True)
+
+
+BLOCK = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+passes("session-8 scheme (row [min, max], no zero point), one pass everywhere")
+passes("two passes everywhere, head included", two=BLOCK, head_two=True)
+passes("two passes in the blocks, head one pass", two=BLOCK)
+for k in BLOCK:
+    passes(f"two passes everywhere but {k}", two=[b for b in BLOCK if b != k], head_two=True)
+passes("two passes in the MLP only, head included", two=["mlp.c_fc", "mlp.c_proj"], head_two=True)
+passes("two passes in the attention only, head included", two=["attn.c_attn", "attn.c_proj"], head_two=True)
