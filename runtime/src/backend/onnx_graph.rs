@@ -10,6 +10,35 @@ use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 pub(crate) const ONNX_FLOAT: i64 = 1;
 pub(crate) const ONNX_INT64: i32 = 7;
 
+/// Which half of a layer's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Half {
+    Keys,
+    Values,
+}
+
+/// One layer's KV cache as the file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CacheNames {
+    pub past_key: String,
+    pub present_key: String,
+    pub past_value: String,
+    pub present_value: String,
+}
+
+/// The layer and half a cache input or output named `name` stands for, among `layers`.
+pub(crate) fn cache_slot(layers: &[CacheNames], name: &str) -> Option<(usize, Half)> {
+    layers.iter().enumerate().find_map(|(layer, c)| {
+        if name == c.past_key || name == c.present_key {
+            Some((layer, Half::Keys))
+        } else if name == c.past_value || name == c.present_value {
+            Some((layer, Half::Values))
+        } else {
+            None
+        }
+    })
+}
+
 /// The graph input that replaces a decoder's past length read from its cache's shape (an i64
 /// scalar), where a backend keeps the KV cache in place and the cache input no longer has it.
 pub(crate) const PAST_LENGTH: &str = "ferrite.past_length";

@@ -14,8 +14,8 @@ use ort::session::{IoBinding, Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 use prost::Message;
 
-use super::onnx_graph::PAST_LENGTH;
-use super::ort_gqa::{self, Geometry, GqaGraph, Half, SEQLENS_K, TOTAL_LENGTH};
+use super::onnx_graph::{Half, PAST_LENGTH, cache_slot};
+use super::ort_gqa::{self, Geometry, GqaGraph, SEQLENS_K, TOTAL_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -154,19 +154,8 @@ impl OrtModel {
         else {
             return Ok(None);
         };
-        let find = |name: &str| -> Option<(usize, Half)> {
-            graph.layers.iter().enumerate().find_map(|(layer, c)| {
-                if name == c.past_key || name == c.present_key {
-                    Some((layer, Half::Keys))
-                } else if name == c.past_value || name == c.present_value {
-                    Some((layer, Half::Values))
-                } else {
-                    None
-                }
-            })
-        };
-        let inputs: Vec<_> = info.inputs.iter().map(|i| find(&i.name)).collect();
-        let outputs: Vec<_> = info.outputs.iter().map(|o| find(&o.name)).collect();
+        let inputs: Vec<_> = info.inputs.iter().map(|i| cache_slot(&graph.layers, &i.name)).collect();
+        let outputs: Vec<_> = info.outputs.iter().map(|o| cache_slot(&graph.layers, &o.name)).collect();
         let bytes = proto.encode_to_vec();
         drop(proto);
         // A model given as bytes has no directory: ONNX Runtime is told where the external data

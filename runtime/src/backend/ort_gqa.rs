@@ -25,7 +25,7 @@
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
 use super::onnx_graph::{
-    GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, ints_attr, past_length_gather,
+    CacheNames, GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, ints_attr, past_length_gather,
     past_length_node, remove_dead_nodes, value_info,
 };
 
@@ -37,19 +37,10 @@ pub(crate) const SEQLENS_K: &str = "ferrite.seqlens_k";
 /// i32 scalar: the past length plus the step's length (GQA's `total_sequence_length`).
 pub(crate) const TOTAL_LENGTH: &str = "ferrite.total_sequence_length";
 
-/// One layer's cache as the file names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LayerCache {
-    pub past_key: String,
-    pub past_value: String,
-    pub present_key: String,
-    pub present_value: String,
-}
-
 /// What the rewrite found: the layers in order and the cache geometry.
 #[derive(Debug, Clone)]
 pub(crate) struct GqaGraph {
-    pub layers: Vec<LayerCache>,
+    pub layers: Vec<CacheNames>,
     pub heads: usize,
     pub head_dim: usize,
 }
@@ -101,7 +92,7 @@ struct Layer {
     concats: [usize; 2],
     context: usize,
     node: NodeProto,
-    names: LayerCache,
+    names: CacheNames,
     heads: i64,
     head_dim: i64,
 }
@@ -172,7 +163,7 @@ fn match_layer(ix: &GraphIndex<'_>, g: &GraphProto, ck: usize) -> Option<Layer> 
         i,
         ..Default::default()
     };
-    let names = LayerCache {
+    let names = CacheNames {
         past_key: key.input[0].clone(),
         past_value: value.input[0].clone(),
         present_key: present_key.clone(),
@@ -267,13 +258,6 @@ pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
     graph.input.push(value_info(PAST_LENGTH, ONNX_INT64, &[]));
     model.opset_import.push(pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
     Some(GqaGraph { layers: found, heads: heads as usize, head_dim: head_dim as usize })
-}
-
-/// A layer's half of the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Half {
-    Keys,
-    Values,
 }
 
 /// The geometry of a session's cache buffers: `[B, H, capacity, D]` per layer and half, of which

@@ -14,6 +14,7 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::tract_core::internal::DatumType;
 
+use super::onnx_graph::cache_slot;
 use super::tract_fuse::{CachedAttention, Half, KvCache, PAST_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
@@ -158,20 +159,9 @@ fn cache_map(
     plan: &Arc<TypedRunnableModel>,
     caches: &[super::tract_fuse::CacheNames],
 ) -> Result<CacheMap> {
-    let find = |name: &str| -> Option<(usize, Half)> {
-        caches.iter().enumerate().find_map(|(layer, c)| {
-            if name == c.past_key || name == c.present_key {
-                Some((layer, Half::Keys))
-            } else if name == c.past_value || name == c.present_value {
-                Some((layer, Half::Values))
-            } else {
-                None
-            }
-        })
-    };
     let info = model.info();
-    let inputs: Vec<_> = info.inputs.iter().map(|i| find(&i.name)).collect();
-    let outputs: Vec<_> = info.outputs.iter().map(|o| find(&o.name)).collect();
+    let inputs: Vec<_> = info.inputs.iter().map(|i| cache_slot(caches, &i.name)).collect();
+    let outputs: Vec<_> = info.outputs.iter().map(|o| cache_slot(caches, &o.name)).collect();
     let plan_outputs: Vec<usize> = (0..outputs.len()).filter(|&j| outputs[j].is_none()).collect();
     check_interface(model, plan, &inputs, &outputs)?;
     let mut nodes = vec![usize::MAX; caches.len()];

@@ -42,16 +42,7 @@ use crate::backend::onnx_graph::{
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
 pub(crate) const CACHED_ATTENTION: &str = "FerriteCachedAttention";
-pub(crate) use crate::backend::onnx_graph::PAST_LENGTH;
-
-/// One layer's cache as the file names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CacheNames {
-    pub past_key: String,
-    pub present_key: String,
-    pub past_value: String,
-    pub present_value: String,
-}
+pub(crate) use crate::backend::onnx_graph::{CacheNames, Half, PAST_LENGTH};
 
 /// A keys-major `FerriteAttention` node whose K and V are `Concat(past, new, axis 2)` of graph
 /// inputs, each `Concat` read only by it and as a graph output: (node index, the two `Concat`
@@ -252,13 +243,6 @@ impl TypedOp for CachedAttention {
     }
 
     as_op!();
-}
-
-/// Which half of a layer's cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Half {
-    Keys,
-    Values,
 }
 
 /// One layer's keys and values, position-major: row `(t, b, h)` (`D` floats) at
