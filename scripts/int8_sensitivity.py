@@ -199,3 +199,82 @@ for k in BLOCK:
     passes(f"two passes everywhere but {k}", two=[b for b in BLOCK if b != k], head_two=True)
 passes("two passes in the MLP only, head included", two=["mlp.c_fc", "mlp.c_proj"], head_two=True)
 passes("two passes in the attention only, head included", two=["attn.c_attn", "attn.c_proj"], head_two=True)
+
+
+# Session 10: GPTQ weights (exporter/src/quant/gptq.rs), calibrated as the exporter does it on
+# sequences the fp32 model samples itself (exporter/src/calibrate.rs: 8 × 256 tokens from the
+# start token, temperature 1), and 16-bit activations (`--activation-bits 16`: two uint8 digits
+# per value). The tied table's GPTQ codes are also the token embedding, as in the export.
+def gptq(w, h, damp=0.01):
+    """Conv1D-layout weight [in, out]: per-output-channel scales of the original rows (max / 127),
+    columns rounded in order with GPTQ's error feedback under h = Σ x xᵀ."""
+    W = w.t().double().clone()
+    s = W.abs().amax(1, keepdim=True) / 127
+    s[s == 0] = 1
+    h = h.clone()
+    h[h.diag() == 0, h.diag() == 0] = 1
+    h += torch.eye(h.shape[0], dtype=h.dtype) * damp * h.diag().mean()
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    Q = torch.zeros_like(W)
+    for i in range(W.shape[1]):
+        q = (W[:, i] / s[:, 0]).round().clamp(-127, 127) * s[:, 0]
+        Q[:, i] = q
+        err = (W[:, i] - q) / u[i, i]
+        W[:, i + 1 :] -= err.unsqueeze(1) @ u[i, i + 1 :].unsqueeze(0)
+    return Q.t().float()
+
+
+def row_codes_16(x):
+    lo = x.amin(-1, keepdim=True)
+    s = ((x.amax(-1, keepdim=True) - lo) / 65535).clamp(min=1e-30)
+    return lo + ((x - lo) / s).round() * s
+
+
+pu.Conv1D.forward = conv1d_forward
+model.lm_head.forward = lambda x: x @ model.transformer.wte.weight.t()
+torch.manual_seed(0)
+with torch.no_grad():
+    calibration = model.generate(
+        torch.zeros(8, 1, dtype=torch.long), do_sample=True, top_k=0, max_length=WINDOW, pad_token_id=0
+    )
+hessians = {}
+
+
+def collect(module, inputs):
+    x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+    hessians[module] = hessians.get(module, 0) + x.t() @ x
+
+
+hooks = [m.register_forward_pre_hook(collect) for m in model.modules() if isinstance(m, pu.Conv1D)]
+hooks.append(model.lm_head.register_forward_pre_hook(collect))
+with torch.no_grad():
+    model(calibration)
+for h in hooks:
+    h.remove()
+gptq_weights = {m: gptq(m.weight if m is not model.lm_head else m.weight.t(), h) for m, h in hessians.items()}
+wte = model.transformer.wte.weight.data.clone()
+
+
+def session10(desc, rounding, activations):
+    quantise_x = {"8-bit": one_pass, "16-bit": row_codes_16}[activations]
+    weight = (lambda m: gptq_weights[m]) if rounding == "gptq" else (lambda m: quantise_weight(m.weight))
+
+    def forward(self, x):
+        return quantise_x(x) @ weight(self) + self.bias
+
+    pu.Conv1D.forward = forward
+    head = gptq_weights[model.lm_head] if rounding == "gptq" else quantise_weight(wte.t())
+    model.transformer.wte.weight.data = head.t().clone()
+    model.lm_head.forward = lambda x: quantise_x(x) @ head
+    with torch.no_grad():
+        l = logits()
+    model.transformer.wte.weight.data = wte.clone()
+    top1 = (l.argmax(-1) == reference_top1).float().mean().item() * 100
+    ppl = (math.exp(cross_entropy(l) - reference_ce) - 1) * 100
+    print(f"| {desc} | {top1:.2f} % | {ppl:+.3f} % |", flush=True)
+
+
+session10("round to nearest, 8-bit activations (session-8 export)", "nearest", "8-bit")
+session10("GPTQ, 8-bit activations (session-10 default)", "gptq", "8-bit")
+session10("round to nearest, 16-bit activations", "nearest", "16-bit")
+session10("GPTQ, 16-bit activations (`--activation-bits 16`)", "gptq", "16-bit")

@@ -6,14 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferrite_runtime::{BackendKind, Model, Options, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::accuracy::{self, AccuracyReport};
 use crate::arch::{self, ArchKind, Architecture, IoRole};
+use crate::calibrate::CalibrationReport;
 use crate::error::{ExportError, Result};
-use crate::onnx::{self, DATA_FILE, MODEL_FILE};
+use crate::onnx::{self, DATA_FILE, GraphBuilder, MODEL_FILE};
 use crate::quant::QuantScheme;
 
 /// The manifest's file name.
@@ -43,11 +45,24 @@ pub struct ExportOptions {
     /// prove that a failed export leaves nothing behind.
     #[doc(hidden)]
     pub fail_at: Option<&'static str>,
+    /// Round int8 weights with GPTQ, calibrated on text the fp32 model samples itself
+    /// (decoders only; [`crate::calibrate`]). On by default; off rounds to nearest.
+    pub gptq: bool,
+    /// int8 activation precision: 8 (one uint8 code per value, the default) or 16 (two uint8
+    /// digits, twice the integer work: see [`GraphBuilder::set_int8_activation_digits`]).
+    pub activation_bits: u8,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { quant: QuantScheme::Fp32, arch: None, force: false, fail_at: None }
+        ExportOptions {
+            quant: QuantScheme::Fp32,
+            arch: None,
+            force: false,
+            fail_at: None,
+            gptq: true,
+            activation_bits: 8,
+        }
     }
 }
 
@@ -85,6 +100,12 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Quantised vs fp32 on the sample inputs (absent for fp32 bundles).
     pub accuracy: Option<AccuracyReport>,
+    /// How int8 weights were calibrated (GPTQ), when they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationReport>,
+    /// int8 bundles: bits per activation value (8, or 16 as two uint8 digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_bits: Option<u8>,
 }
 
 fn check_stage(opts: &ExportOptions, stage: &'static str) -> Result<()> {
@@ -112,8 +133,13 @@ fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
     Ok(FileEntry { name: name.into(), bytes, sha256 })
 }
 
-fn write_graph(arch: &dyn Architecture, scheme: QuantScheme, dir: &Path) -> Result<()> {
-    let graph = arch.build(scheme)?;
+/// Writes `graph` (built by `arch` under `scheme`) into `dir` with ferrite's metadata.
+pub(crate) fn write_graph(
+    arch: &dyn Architecture,
+    scheme: QuantScheme,
+    graph: GraphBuilder,
+    dir: &Path,
+) -> Result<()> {
     let mut meta = vec![
         ("ferrite.architecture".to_string(), format!("{:?}", arch.kind()).to_lowercase()),
         ("ferrite.quantisation".to_string(), scheme.name().to_string()),
@@ -143,8 +169,31 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         .tempdir_in(&parent)
         .map_err(|e| ExportError::io(&parent, e))?;
 
+    // int8 weights of decoders are rounded with GPTQ, on statistics the fp32 model gathers by
+    // sampling its own text (crate::calibrate).
+    let mut calibration = None;
+    let mut builder = GraphBuilder::new();
+    if opts.quant == QuantScheme::Int8 && opts.gptq {
+        let work = tempfile::Builder::new()
+            .prefix(&format!(".{base}.calibration-"))
+            .tempdir_in(&parent)
+            .map_err(|e| ExportError::io(&parent, e))?;
+        if let Some((hessians, report)) = crate::calibrate::hessians(arch.as_ref(), work.path())? {
+            builder = GraphBuilder::with_hessians(Arc::new(hessians));
+            calibration = Some(report);
+        }
+    }
+    let digits = match (opts.activation_bits, opts.quant) {
+        (8, _) => false,
+        (16, QuantScheme::Int8) => true,
+        (bits, scheme) => {
+            let message = format!("activation bits {bits}: 8, or 16 with int8");
+            return Err(ExportError::Quantisation { scheme: scheme.name(), message });
+        }
+    };
+    builder.set_int8_activation_digits(digits);
     // The bundle's own graph, then (for quantised bundles) the fp32 reference beside it.
-    write_graph(arch.as_ref(), opts.quant, tmp.path())?;
+    write_graph(arch.as_ref(), opts.quant, arch.build(opts.quant, builder)?, tmp.path())?;
     check_stage(opts, "model")?;
     let inputs = arch.sample_inputs()?;
     let own = run_model(tmp.path(), &inputs, BackendKind::Tract)?;
@@ -155,7 +204,8 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
             .prefix(&format!(".{base}.fp32-"))
             .tempdir_in(&parent)
             .map_err(|e| ExportError::io(&parent, e))?;
-        write_graph(arch.as_ref(), QuantScheme::Fp32, reference.path())?;
+        let graph = arch.build(QuantScheme::Fp32, GraphBuilder::new())?;
+        write_graph(arch.as_ref(), QuantScheme::Fp32, graph, reference.path())?;
         let fp32 = run_model(reference.path(), &inputs, BackendKind::Tract)?;
         let report = accuracy::report(&arch.outputs(), &fp32, &own, "tract")?;
         (fp32, Some(report))
@@ -184,6 +234,8 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         special_tokens: arch.special_tokens(),
         files,
         accuracy,
+        calibration,
+        activation_bits: (opts.quant == QuantScheme::Int8).then_some(opts.activation_bits),
     };
     let manifest_path = tmp.path().join(MANIFEST_FILE);
     let json = serde_json::to_string_pretty(&manifest)

@@ -31,11 +31,27 @@ pub struct ExportArgs {
     /// Source architecture, instead of detecting it from config.json (or a `.keras` file's contents).
     #[arg(long, value_enum)]
     pub arch: Option<ArchKind>,
+    /// int8: round weights to nearest instead of GPTQ (which decoders calibrate on text they
+    /// sample themselves); for comparisons.
+    #[arg(long)]
+    pub no_gptq: bool,
+    /// int8: bits per activation value, 8 or 16 (two uint8 digits per value, one integer matmul
+    /// over both: ~99 % top-1 agreement instead of ~98 % on the shipped GPT, at twice the integer
+    /// work and more graph nodes; see models/shakespeare-gpt/README.md).
+    #[arg(long, default_value_t = 8)]
+    pub activation_bits: u8,
 }
 
 /// Runs `ferrite export`.
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let opts = ExportOptions { quant: args.quant, arch: args.arch, force: args.force, fail_at: None };
+    let opts = ExportOptions {
+        quant: args.quant,
+        arch: args.arch,
+        force: args.force,
+        fail_at: None,
+        gptq: !args.no_gptq,
+        activation_bits: args.activation_bits,
+    };
     let manifest = export(&args.src, &args.out, &opts)
         .with_context(|| format!("exporting {} to {}", args.src.display(), args.out.display()))?;
     if args.json {

@@ -21,6 +21,7 @@
 pub mod accuracy;
 pub mod arch;
 pub mod bundle;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;

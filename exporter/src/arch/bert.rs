@@ -190,10 +190,9 @@ impl Architecture for Bert {
         ArchKind::Bert
     }
 
-    fn build(&self, scheme: QuantScheme) -> Result<GraphBuilder> {
+    fn build(&self, scheme: QuantScheme, mut g: GraphBuilder) -> Result<GraphBuilder> {
         let (d, h) = (self.d, self.heads);
         let hd = d / h;
-        let mut g = GraphBuilder::new();
         let bs = [Dim::Sym("batch"), Dim::Sym("sequence")];
         let ids = g.input("input_ids", ElemType::I64, &bs);
         let mask = g.input("attention_mask", ElemType::I64, &bs);

@@ -18,7 +18,7 @@ use ferrite_runtime::Tensor;
 use serde_json::Value;
 
 use super::layers::{Dense, Norm};
-use super::{ArchKind, Architecture, IoRole, OutputKind, read_config, sample_ids, usize_field};
+use super::{ArchKind, Architecture, Calibration, IoRole, OutputKind, read_config, sample_ids, usize_field};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ExportError, Result};
 use crate::onnx::{Attr, Dim, ElemType, GraphBuilder};
@@ -161,9 +161,8 @@ impl Architecture for Gpt2 {
         ArchKind::Gpt2
     }
 
-    fn build(&self, scheme: QuantScheme) -> Result<GraphBuilder> {
+    fn build(&self, scheme: QuantScheme, mut g: GraphBuilder) -> Result<GraphBuilder> {
         let (d, h, hd) = (self.d, self.heads, self.head_dim());
-        let mut g = GraphBuilder::new();
         let ids = g.input("input_ids", ElemType::I64, &[Dim::Sym("batch"), Dim::Sym("sequence")]);
         let cache_in = [Dim::Sym("batch"), Dim::Fixed(h), Dim::Sym("past_sequence"), Dim::Fixed(hd)];
         let cache_out = [Dim::Sym("batch"), Dim::Fixed(h), Dim::Sym("total_sequence"), Dim::Fixed(hd)];
@@ -341,4 +340,17 @@ impl Architecture for Gpt2 {
     fn special_tokens(&self) -> BTreeMap<String, i64> {
         self.special.clone()
     }
+
+    fn calibration(&self) -> Option<Calibration> {
+        Some(Calibration::Decoder {
+            layers: self.blocks.len(),
+            heads: self.heads,
+            head_dim: self.head_dim(),
+            start: self.special.get("bos").copied().unwrap_or(0),
+            length: self.positions.min(CALIBRATION_LENGTH),
+        })
+    }
 }
+
+/// Tokens per self-generated calibration sequence (at most the context).
+const CALIBRATION_LENGTH: usize = 256;

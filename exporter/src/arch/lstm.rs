@@ -91,9 +91,8 @@ impl Architecture for Lstm {
         ArchKind::Lstm
     }
 
-    fn build(&self, scheme: QuantScheme) -> Result<GraphBuilder> {
+    fn build(&self, scheme: QuantScheme, mut g: GraphBuilder) -> Result<GraphBuilder> {
         let (h, l) = (self.hidden, self.num_layers());
-        let mut g = GraphBuilder::new();
         let ids = g.input("input_ids", ElemType::I64, &[Dim::Sym("batch"), Dim::Sym("sequence")]);
         let state_dims = [Dim::Fixed(l), Dim::Sym("batch"), Dim::Fixed(h)];
         let h0 = g.input("h0", ElemType::F32, &state_dims);

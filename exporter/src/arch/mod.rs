@@ -78,8 +78,9 @@ impl IoRole {
 pub trait Architecture {
     /// Which architecture this is.
     fn kind(&self) -> ArchKind;
-    /// Builds the graph with weights stored under `scheme`.
-    fn build(&self, scheme: QuantScheme) -> Result<GraphBuilder>;
+    /// Builds the graph into `g` (an empty [`GraphBuilder`], possibly tapping layer inputs or
+    /// carrying calibration statistics) with weights stored under `scheme`.
+    fn build(&self, scheme: QuantScheme, g: GraphBuilder) -> Result<GraphBuilder>;
     /// Graph inputs, in order.
     fn inputs(&self) -> Vec<IoRole>;
     /// Graph outputs, in order.
@@ -90,6 +91,29 @@ pub trait Architecture {
     fn context_length(&self) -> Option<usize>;
     /// Special token ids from the config (`bos`, `eos`, `pad`…).
     fn special_tokens(&self) -> BTreeMap<String, i64>;
+    /// How int8 weights of this model are calibrated (GPTQ), if they are.
+    fn calibration(&self) -> Option<Calibration> {
+        None
+    }
+}
+
+/// Calibration inputs the exporter can make for a model by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// A decoder with the GPT-2 step interface (`input_ids` + `past_key/value.{l}` →
+    /// `logits` + `present_key/value.{l}`): it samples its own text (see `crate::calibrate`).
+    Decoder {
+        /// Transformer layers (cache pairs).
+        layers: usize,
+        /// Attention heads.
+        heads: usize,
+        /// Features per head.
+        head_dim: usize,
+        /// Token that starts every sequence.
+        start: i64,
+        /// Tokens per sequence.
+        length: usize,
+    },
 }
 
 /// Reads `dir/config.json`.

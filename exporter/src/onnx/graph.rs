@@ -1,5 +1,8 @@
 //! Nodes, initializers and typed graph inputs/outputs, collected in the order they are added.
 
+use std::sync::Arc;
+
+use crate::quant::gptq::{Hessian, Hessians};
 use tract_onnx::pb;
 
 /// The default-domain opset every exported file imports.
@@ -84,6 +87,13 @@ pub struct GraphBuilder {
     pub(crate) outputs: Vec<pb::ValueInfoProto>,
     pub(crate) uses_ms_domain: bool,
     counter: usize,
+    /// Under [`GraphBuilder::tapping`]: (layer name, value) of every dense layer's input.
+    taps: Option<Vec<(String, String, usize)>>,
+    /// Calibration statistics that int8 layers round their weights with (GPTQ).
+    hessians: Option<Arc<Hessians>>,
+    /// int8 activations as two uint8 digits (16 bits) instead of one code: see
+    /// [`GraphBuilder::set_int8_activation_digits`].
+    int8_digits: bool,
 }
 
 fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
@@ -139,6 +149,69 @@ impl GraphBuilder {
     /// An empty graph.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty graph that records the input of every dense layer built into it
+    /// ([`GraphBuilder::tap`]), for calibration: [`GraphBuilder::expose_taps`] makes them outputs.
+    pub fn tapping() -> Self {
+        GraphBuilder { taps: Some(Vec::new()), ..Self::default() }
+    }
+
+    /// An empty graph whose int8 layers round their weights with GPTQ under `hessians`
+    /// (layers without one round to nearest).
+    pub fn with_hessians(hessians: Arc<Hessians>) -> Self {
+        GraphBuilder { hessians: Some(hessians), ..Self::default() }
+    }
+
+    /// Records `x` (`[..., features]`) as the input of dense layer `layer` (under
+    /// [`GraphBuilder::tapping`] only).
+    pub fn tap(&mut self, layer: &str, x: &str, features: usize) {
+        if let Some(taps) = &mut self.taps {
+            taps.push((layer.to_string(), x.to_string(), features));
+        }
+    }
+
+    /// Makes int8 dense layers built from here on quantise each activation row to 16 bits, as two
+    /// uint8 digits multiplied by one `MatMulInteger` (twice the integer work; exporter/src/quant/
+    /// int8.rs, `ferrite export --activation-bits 16`): 8-bit activations cap the shipped GPT's
+    /// top-1 agreement with fp32 at ~98.4 % whatever the weights (models/shakespeare-gpt/README.md).
+    pub fn set_int8_activation_digits(&mut self, on: bool) {
+        self.int8_digits = on;
+    }
+
+    /// Whether int8 activations are two digits (see [`GraphBuilder::set_int8_activation_digits`]).
+    pub fn int8_activation_digits(&self) -> bool {
+        self.int8_digits
+    }
+
+    /// The calibration statistics of `layer`'s input, if this graph has them.
+    pub fn hessian(&self, layer: &str) -> Option<&Hessian> {
+        self.hessians.as_ref().and_then(|h| h.layers.get(layer))
+    }
+
+    /// Declares every tapped value as an f32 output `[batch, sequence, features]`; returns
+    /// (output name, layer names reading it, features). Layers that read the same value share
+    /// one output (BERT's query, key and value projections).
+    pub fn expose_taps(&mut self) -> Vec<(String, Vec<String>, usize)> {
+        let taps = self.taps.take().unwrap_or_default();
+        let mut exposed: Vec<(String, String, Vec<String>, usize)> = Vec::new();
+        for (layer, value, features) in taps {
+            if let Some(e) = exposed.iter_mut().find(|e| e.0 == value) {
+                e.2.push(layer);
+                continue;
+            }
+            let name = format!("ferrite.calibration.{layer}");
+            exposed.push((value, name, vec![layer], features));
+        }
+        for (value, name, _, k) in &exposed {
+            self.output(
+                value,
+                name,
+                ElemType::F32,
+                &[Dim::Sym("batch"), Dim::Sym("sequence"), Dim::Fixed(*k)],
+            );
+        }
+        exposed.into_iter().map(|(_, name, layers, k)| (name, layers, k)).collect()
     }
 
     fn fresh(&mut self, hint: &str) -> String {

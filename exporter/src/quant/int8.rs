@@ -112,8 +112,18 @@ pub struct StoredWeight {
 }
 
 /// Quantises `layer`'s weight per output channel and stores it (see [`StoredWeight`]).
+///
+/// When the graph carries calibration statistics for the layer ([`GraphBuilder::with_hessians`]),
+/// the codes are rounded with GPTQ ([`super::gptq`]); otherwise to nearest.
 pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
-    let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
+    let gptq = g.hessian(layer.name).and_then(|h| {
+        let q = super::gptq::quantise_rows(layer.weight, layer.out, layer.inp, h);
+        if q.is_none() {
+            log::warn!("{}: calibration Hessian not factorisable, rounding to nearest", layer.name);
+        }
+        q
+    });
+    let (codes, scales) = gptq.unwrap_or_else(|| quantise_rows(layer.weight, layer.out, layer.inp));
     let (w, ws) = weight(g, layer, &codes, &scales);
     // Derived from the codes in the graph rather than stored: both backends fold this constant
     // subgraph once at load, and the file is 4 bytes per output channel smaller.
@@ -145,6 +155,7 @@ pub fn gather_columns(g: &mut GraphBuilder, w: &StoredWeight, ids: &str) -> Stri
 /// tract_fuse.rs recognises exactly these nodes (and constants) and runs them as two fused ops.
 /// Change them together; tests/fused_int8.rs fails when a pattern stops being fused.
 pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String {
+    let digits = g.int8_activation_digits();
     let last_axis = || vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))];
     let lo = g.op("ReduceMin", &[x], last_axis());
     let hi = g.op("ReduceMax", &[x], last_axis());
@@ -153,14 +164,43 @@ pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String 
     // carries its value exactly.
     let tiny = g.scalar_f32(f32::MIN_POSITIVE);
     let range = g.op("Max", &[&range, &tiny], vec![]);
-    let inv255 = g.scalar_f32(1.0 / 255.0);
-    let scale = g.op("Mul", &[&range, &inv255], vec![]);
+    let levels = if digits { 65535.0 } else { 255.0 };
+    let inv_levels = g.scalar_f32(1.0 / levels);
+    let scale = g.op("Mul", &[&range, &inv_levels], vec![]);
     let shifted = g.op("Sub", &[x, &lo], vec![]);
     let q = g.op("Div", &[&shifted, &scale], vec![]);
     let q = g.op("Round", &[&q], vec![]);
-    let q = g.op("Cast", &[&q], vec![("to", Attr::Int(ElemType::U8.code() as i64))]);
-    let acc = g.op("MatMulInteger", &[&q, &w.codes], vec![]);
-    let acc = g.op("Cast", &[&acc], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
+    let u8_code = || vec![("to", Attr::Int(ElemType::U8.code() as i64))];
+    let f32_code = || vec![("to", Attr::Int(ElemType::F32.code() as i64))];
+    let acc = if digits {
+        // q (0..=65535, exact in f32) = 256·high + low: both digits are uint8 codes, stacked
+        // on a new leading axis of 2 so that one MatMulInteger multiplies both, then
+        // recombined in f32 (256·(high·W) overflows int32 for inputs wider than 256) by a
+        // weighted sum over that axis. (Stacking along the symbolic batch axis instead, with
+        // a Split after, made tract's shape algebra run for minutes.)
+        let inv256 = g.scalar_f32(1.0 / 256.0);
+        let c256 = g.scalar_f32(256.0);
+        let high = g.op("Mul", &[&q, &inv256], vec![]);
+        let high = g.op("Floor", &[&high], vec![]);
+        let high256 = g.op("Mul", &[&high, &c256], vec![]);
+        let low = g.op("Sub", &[&q, &high256], vec![]);
+        let lead = g.const_i64(&[0]);
+        let high = g.op("Unsqueeze", &[&high, &lead], vec![]);
+        let low = g.op("Unsqueeze", &[&low, &lead], vec![]);
+        let both = g.op("Concat", &[&high, &low], vec![("axis", Attr::Int(0))]);
+        let codes = g.op("Cast", &[&both], u8_code());
+        let acc = g.op("MatMulInteger", &[&codes, &w.codes], vec![]);
+        let acc = g.op("Cast", &[&acc], f32_code());
+        // Rank 4: `x` is [batch, sequence, features], as every architecture's dense layers.
+        let weights = g.init_f32(&format!("{}.digit_weights", w.codes), &[2, 1, 1, 1], &[256.0, 1.0]);
+        let acc = g.op("Mul", &[&acc, &weights], vec![]);
+        let axis = g.const_i64(&[0]);
+        g.op("ReduceSum", &[&acc, &axis], vec![("keepdims", Attr::Int(0))])
+    } else {
+        let q = g.op("Cast", &[&q], u8_code());
+        let acc = g.op("MatMulInteger", &[&q, &w.codes], vec![]);
+        g.op("Cast", &[&acc], f32_code())
+    };
     let acc = g.op("Mul", &[&acc, &scale], vec![]);
     let offset = g.op("Mul", &[&lo, &w.column_sums], vec![]);
     let acc = g.op("Add", &[&acc, &offset], vec![]);

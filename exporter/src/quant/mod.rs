@@ -8,6 +8,7 @@
 //! compute: `MatMulInteger` (int8) and com.microsoft `MatMulNBits` (q4).
 
 pub mod fp16;
+pub mod gptq;
 pub mod int8;
 pub mod q4;
 
@@ -59,6 +60,7 @@ pub struct Linear<'a> {
 pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear<'_>) -> Result<String> {
     let y = match scheme {
         QuantScheme::Fp32 => {
+            g.tap(layer.name, x, layer.inp);
             let wt = crate::checkpoint::transpose(layer.weight, layer.out, layer.inp);
             let w = g.init_f32(&format!("{}.weight_t", layer.name), &[layer.inp, layer.out], &wt);
             g.op("MatMul", &[x, &w], vec![])
@@ -155,6 +157,10 @@ pub enum TiedTable {
     Float {
         /// Name of the f32 value.
         value: String,
+        /// The table's name, as the head's layer name.
+        name: String,
+        /// The table's columns (the head's input features).
+        cols: usize,
     },
     /// int8: MatMulInteger codes `[cols, rows]`, per-row scales.
     Int8(int8::StoredWeight),
@@ -177,7 +183,7 @@ pub fn tied_table(
         QuantScheme::Fp32 | QuantScheme::Fp16 => {
             let t = crate::checkpoint::transpose(data, rows, cols);
             let value = float_weight(g, scheme, &format!("{name}_t"), &[cols, rows], &t);
-            TiedTable::Float { value }
+            TiedTable::Float { value, name: name.to_string(), cols }
         }
         QuantScheme::Q4 if cols.is_multiple_of(q4::BLOCK) => TiedTable::Q4(q4::store(g, &layer)),
         QuantScheme::Int8 | QuantScheme::Q4 => TiedTable::Int8(int8::store(g, &layer)),
@@ -187,7 +193,7 @@ pub fn tied_table(
 /// Rows `ids` (`[batch, sequence]`) of a tied table, as f32 `[batch, sequence, cols]`.
 pub fn tied_embedding(g: &mut GraphBuilder, table: &TiedTable, ids: &str) -> String {
     match table {
-        TiedTable::Float { value } => {
+        TiedTable::Float { value, .. } => {
             let t = g.op("Gather", &[value, ids], vec![("axis", crate::onnx::Attr::Int(1))]);
             g.op("Transpose", &[&t], vec![("perm", crate::onnx::Attr::Ints(vec![1, 2, 0]))])
         }
@@ -199,7 +205,10 @@ pub fn tied_embedding(g: &mut GraphBuilder, table: &TiedTable, ids: &str) -> Str
 /// `x · tableᵀ` (the LM head) for `x` of shape `[..., cols]`; returns `[..., rows]`.
 pub fn tied_head(g: &mut GraphBuilder, table: &TiedTable, x: &str) -> String {
     match table {
-        TiedTable::Float { value } => g.op("MatMul", &[x, value], vec![]),
+        TiedTable::Float { value, name, cols } => {
+            g.tap(name, x, *cols);
+            g.op("MatMul", &[x, value], vec![])
+        }
         TiedTable::Int8(w) => int8::matmul_stored(g, x, w),
         TiedTable::Q4(w) => q4::matmul_stored(g, x, w),
     }

@@ -46,18 +46,22 @@ pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";
 pub(crate) const ROW_DEQUANTIZE: &str = "FerriteRowDequantize";
 const DOMAIN: &str = "ai.ferrite";
 
-use super::onnx_graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, ints_attr};
+use super::onnx_graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, int_scalar, ints_attr};
 
 /// ONNX `TensorProto.DataType` code of uint8 (the codes' `Cast`).
 const ONNX_UINT8: i64 = 2;
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
-    onnx.op_register.insert(ROW_QUANTIZE, |_, _| Ok((expand(RowQuantizeExpansion), vec![])));
+    onnx.op_register.insert(ROW_QUANTIZE, |_, node| {
+        let digits = node.get_attr_opt::<i64>("digits")?.unwrap_or(0) == 1;
+        Ok((expand(RowQuantizeExpansion { digits }), vec![]))
+    });
     onnx.op_register.insert(ROW_DEQUANTIZE, |_, node| {
         let bias = node.get_attr_opt::<i64>("bias")?.unwrap_or(0) == 1;
         let residual = node.get_attr_opt::<i64>("residual")?.unwrap_or(0) == 1;
-        Ok((expand(RowDequantizeExpansion { bias, residual }), vec![]))
+        let digits = node.get_attr_opt::<i64>("digits")?.unwrap_or(0) == 1;
+        Ok((expand(RowDequantizeExpansion { bias, residual, digits }), vec![]))
     });
     onnx.op_register.insert(MATMUL_I8, |_, _| Ok((expand(matmul_i8::MatMulI8Expansion), vec![])));
     onnx.op_register.insert(CACHED_ATTENTION, |_, node| {
@@ -172,6 +176,58 @@ fn last_axis_reduce(n: &NodeProto) -> bool {
     n.attribute.len() == 2 && ints_attr(n, "axes") == Some(&[-1]) && int_attr(n, "keepdims") == Some(1)
 }
 
+/// The values of a small inline f32 initializer of shape `dims`.
+fn f32_values(ix: &GraphIndex<'_>, name: &str, dims: &[i64]) -> Option<Vec<f32>> {
+    let t = ix.initializer.get(name)?;
+    if t.data_type != ONNX_FLOAT as i32 || t.dims != dims || t.data_location == Some(1) {
+        return None;
+    }
+    if !t.float_data.is_empty() {
+        return Some(t.float_data.clone());
+    }
+    Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// `Unsqueeze(x, axes = [0])` (axes as an initializer, opset 13+): returns x.
+fn leading_unsqueeze<'a>(ix: &GraphIndex<'_>, g: &'a GraphProto, name: &str) -> Option<(usize, &'a String)> {
+    let (i, n) = ix.node(g, name, "Unsqueeze", 2)?;
+    (int_scalar(ix, &n.input[1]) == Some(0)).then_some((i, &n.input[0]))
+}
+
+/// The 16-bit digits tail of the exporter's quantisation (exporter/src/quant/int8.rs):
+/// `high = Floor(q · 1/256)`, `low = q − high · 256`, `Concat(Unsqueeze(high, 0),
+/// Unsqueeze(low, 0), axis 0)` feeding the codes' `Cast`. Returns `q` (the `Round`'s output) and
+/// the nodes to remove.
+fn match_digits(ix: &GraphIndex<'_>, g: &GraphProto, concat_name: &str) -> Option<(String, Vec<usize>)> {
+    let (concat_i, concat) = ix.node(g, concat_name, "Concat", 2)?;
+    if int_attr(concat, "axis") != Some(0) {
+        return None;
+    }
+    let (uh_i, high) = leading_unsqueeze(ix, g, &concat.input[0])?;
+    let (ul_i, low) = leading_unsqueeze(ix, g, &concat.input[1])?;
+    let (floor_i, floor) = ix.node(g, high, "Floor", 1)?;
+    let (div_i, div) = ix.node(g, &floor.input[0], "Mul", 2)?;
+    let q = &div.input[0];
+    if !ix.is_scalar(&div.input[1], 1.0 / 256.0) {
+        return None;
+    }
+    let (sub_i, sub) = ix.node(g, low, "Sub", 2)?;
+    let (mul_i, mul) = ix.node(g, &sub.input[1], "Mul", 2)?;
+    if &sub.input[0] != q || &mul.input[0] != high || !ix.is_scalar(&mul.input[1], 256.0) {
+        return None;
+    }
+    let once = [concat, div, sub, mul];
+    if once.iter().any(|n| ix.uses(&n.output[0]) != 1)
+        || ix.uses(&g.node[uh_i].output[0]) != 1
+        || ix.uses(&g.node[ul_i].output[0]) != 1
+        || ix.uses(high) != 2
+        || ix.uses(q) != 2
+    {
+        return None;
+    }
+    Some((q.clone(), vec![concat_i, uh_i, ul_i, floor_i, div_i, sub_i, mul_i]))
+}
+
 fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
     let cast = &g.node[at];
     if cast.op_type != "Cast"
@@ -182,13 +238,19 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
     {
         return None;
     }
-    let (round_i, round) = ix.node(g, &cast.input[0], "Round", 1)?;
+    // 8-bit codes: the Cast reads the Round; 16-bit: it reads the digits' Concat.
+    let (q, mut remove, digits) = match match_digits(ix, g, &cast.input[0]) {
+        Some((q, nodes)) => (q, nodes, true),
+        None => (cast.input[0].clone(), Vec::new(), false),
+    };
+    let (round_i, round) = ix.node(g, &q, "Round", 1)?;
     let (div_i, div) = ix.node(g, &round.input[0], "Div", 2)?;
     let scale = &div.input[1];
     let (shifted_i, shifted) = ix.node(g, &div.input[0], "Sub", 2)?;
     let (x, lo) = (&shifted.input[0], &shifted.input[1]);
     let (scale_i, scale_n) = ix.node(g, scale, "Mul", 2)?;
-    if !ix.is_scalar(&scale_n.input[1], 1.0 / 255.0) {
+    let levels: f32 = if digits { 65535.0 } else { 255.0 };
+    if !ix.is_scalar(&scale_n.input[1], 1.0 / levels) {
         return None;
     }
     let (range2_i, range2) = ix.node(g, &scale_n.input[0], "Max", 2)?;
@@ -205,12 +267,16 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
         return None;
     }
     // Every intermediate is read only inside the pattern; the scale and the row minimum are
-    // outputs (the dequantisation reads them).
-    let once = [rmax, range, range2, shifted, div, round];
+    // outputs (the dequantisation reads them). (The digits' `q` is read twice, checked above.)
+    let once: &[&NodeProto] = if digits {
+        &[rmax, range, range2, shifted, div]
+    } else {
+        &[rmax, range, range2, shifted, div, round]
+    };
     if once.iter().any(|n| ix.uses(&n.output[0]) != 1) {
         return None;
     }
-    let remove = vec![at, round_i, div_i, shifted_i, scale_i, range2_i, range_i, rmax_i, rmin_i];
+    remove.extend([at, round_i, div_i, shifted_i, scale_i, range2_i, range_i, rmax_i, rmin_i]);
     let insert_at = *remove.iter().min()?;
     let node = NodeProto {
         name: format!("{}.fused_quantize", cast.name),
@@ -218,9 +284,42 @@ fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Matc
         domain: DOMAIN.into(),
         input: vec![x.clone()],
         output: vec![cast.output[0].clone(), scale.clone(), lo.clone()],
+        attribute: vec![flag("digits", digits)],
         ..Default::default()
     };
     Some(Match { remove, insert_at, node })
+}
+
+/// An INT attribute `name` = 0 or 1.
+fn flag(name: &str, on: bool) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: on as i64,
+        ..Default::default()
+    }
+}
+
+/// The 16-bit digits' recombination before the row scale: `ReduceSum(Mul(Cast<f32>(product),
+/// [256, 1] on axis 0), axes = [0], keepdims = 0)`. Returns the `Cast` and the nodes to remove.
+fn match_digit_sum<'a>(
+    ix: &GraphIndex<'_>,
+    g: &'a GraphProto,
+    name: &str,
+) -> Option<(usize, &'a NodeProto, Vec<usize>)> {
+    let (sum_i, sum) = ix.node(g, name, "ReduceSum", 2)?;
+    if int_attr(sum, "keepdims") != Some(0) || int_scalar(ix, &sum.input[1]) != Some(0) {
+        return None;
+    }
+    let (mul_i, mul) = ix.node(g, &sum.input[0], "Mul", 2)?;
+    if f32_values(ix, &mul.input[1], &[2, 1, 1, 1])? != [256.0, 1.0] {
+        return None;
+    }
+    let (cast_i, cast) = ix.node(g, &mul.input[0], "Cast", 1)?;
+    if ix.uses(&sum.output[0]) != 1 || ix.uses(&mul.output[0]) != 1 {
+        return None;
+    }
+    Some((cast_i, cast, vec![sum_i, mul_i]))
 }
 
 fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
@@ -230,7 +329,14 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
     }
     let (add_i, add) = ix.node(g, &out.input[0], "Add", 2)?;
     let (m1_i, m1) = ix.node(g, &add.input[0], "Mul", 2)?;
-    let (castf_i, castf) = ix.node(g, &m1.input[0], "Cast", 1)?;
+    // 8-bit codes: the row scale multiplies the product's Cast; 16-bit: the digits' sum.
+    let (castf_i, castf, mut remove, digits) = match match_digit_sum(ix, g, &m1.input[0]) {
+        Some((i, cast, nodes)) => (i, cast, nodes, true),
+        None => {
+            let (i, cast) = ix.node(g, &m1.input[0], "Cast", 1)?;
+            (i, cast, Vec::new(), false)
+        }
+    };
     if int_attr(castf, "to") != Some(ONNX_FLOAT) {
         return None;
     }
@@ -248,7 +354,7 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
         offset.input[1].clone(),
         out.input[1].clone(),
     ];
-    let mut remove = vec![at, add_i, m1_i, castf_i, offset_i];
+    remove.extend([at, add_i, m1_i, castf_i, offset_i]);
     let mut last = (at, out);
     let (mut bias, mut residual) = (false, false);
     // A dense layer's bias, `Add(product, bias)` with a 1-D initializer, joins the fused op.
@@ -286,28 +392,25 @@ fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Ma
             residual = true;
         }
     }
-    let flag = |name: &str, on: bool| pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: on as i64,
-        ..Default::default()
-    };
     let node = NodeProto {
         name: format!("{}.fused_dequantize", last.1.name),
         op_type: ROW_DEQUANTIZE.into(),
         domain: DOMAIN.into(),
         input,
         output: vec![last.1.output[0].clone()],
-        attribute: vec![flag("bias", bias), flag("residual", residual)],
+        attribute: vec![flag("bias", bias), flag("residual", residual), flag("digits", digits)],
         ..Default::default()
     };
     // The replacement takes the last node's place: every input is defined before it.
     Some(Match { remove, insert_at: last.0, node })
 }
 
-/// `x[..., D]` (f32) → `(codes u8 [..., D], scale f32 [..., 1], zero point f32 [..., 1])`.
+/// `x[..., D]` (f32) → `(codes u8 [..., D], scale f32 [..., 1], row minimum f32 [..., 1])`; with
+/// `digits`, 16-bit codes as two uint8 digits, `codes u8 [2, ..., D]` (high digits first).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-struct RowQuantizeExpansion;
+struct RowQuantizeExpansion {
+    digits: bool,
+}
 
 impl Expansion for RowQuantizeExpansion {
     fn name(&self) -> StaticName {
@@ -330,10 +433,18 @@ impl Expansion for RowQuantizeExpansion {
         s.equals(&outputs[0].datum_type, u8::datum_type())?;
         s.equals(&outputs[1].datum_type, f32::datum_type())?;
         s.equals(&outputs[2].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        let digits = self.digits;
+        if !digits {
+            s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        }
         s.equals(&inputs[0].rank, &outputs[1].rank)?;
         s.equals(&inputs[0].rank, &outputs[2].rank)?;
         s.given(&inputs[0].shape, move |s, shape| {
+            if digits {
+                let mut codes: TVec<TDim> = tvec![2.to_dim()];
+                codes.extend(shape.iter().cloned());
+                s.equals(&outputs[0].shape, codes)?;
+            }
             let mut row = shape.clone();
             if let Some(last) = row.last_mut() {
                 *last = 1.to_dim();
@@ -344,13 +455,15 @@ impl Expansion for RowQuantizeExpansion {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, RowQuantize, inputs)
+        model.wire_node(prefix, RowQuantize { digits: self.digits }, inputs)
     }
 }
 
 /// The typed op behind [`RowQuantizeExpansion`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub(crate) struct RowQuantize;
+pub(crate) struct RowQuantize {
+    digits: bool,
+}
 
 impl Op for RowQuantize {
     fn name(&self) -> StaticName {
@@ -388,11 +501,24 @@ fn row_range(row: &[f32]) -> (f32, f32) {
     (l, h)
 }
 
-/// One non-empty row's scale and minimum, as the replaced nodes compute them.
-fn row_scale(row: &[f32]) -> (f32, f32) {
+/// One non-empty row's scale and minimum for `levels` + 1 codes (255 or 65535), as the replaced
+/// nodes compute them.
+fn row_scale(row: &[f32], levels: f32) -> (f32, f32) {
     let (lo, hi) = row_range(row);
-    let scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0f32 / 255.0);
+    let scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0f32 / levels);
     (scale, lo)
+}
+
+/// `Round((v − lo) / scale)` as 16-bit codes, split into `high = Floor(q / 256)` and
+/// `low = q − 256·high`, for one row.
+fn quantise_row_digits(row: &[f32], scale: f32, lo: f32, high: &mut [u8], low: &mut [u8]) {
+    for ((h, l), &v) in high.iter_mut().zip(low.iter_mut()).zip(row) {
+        // As in `quantise_row`: 0 ≤ (v − lo) / scale ≤ 65535·(1 + 2⁻²²) < 2²², so the magic
+        // rounding is exact and the low 16 mantissa bits hold q.
+        let q = ((v - lo) / scale + MAGIC).to_bits() & 0xffff;
+        *h = (q >> 8) as u8;
+        *l = (q & 0xff) as u8;
+    }
 }
 
 /// `Cast<u8>(Round((v − lo) / scale))` for one row.
@@ -421,18 +547,31 @@ impl EvalOp for RowQuantize {
         ensure!(d > 0, "row quantisation of empty rows");
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
         let rows = xs.len() / d;
-        let mut codes = vec![0u8; xs.len()];
+        let mut codes = vec![0u8; xs.len() * if self.digits { 2 } else { 1 }];
         let mut scales = vec![0f32; rows];
         let mut minima = vec![0f32; rows];
-        for (r, (row, out)) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
-            let (scale, lo) = row_scale(row);
-            quantise_row(row, scale, lo, out);
-            scales[r] = scale;
-            minima[r] = lo;
+        let mut codes_shape = shape.clone();
+        if self.digits {
+            let (high, low) = codes.split_at_mut(xs.len());
+            let rows_out = high.chunks_exact_mut(d).zip(low.chunks_exact_mut(d));
+            for (r, (row, (h, l))) in xs.chunks_exact(d).zip(rows_out).enumerate() {
+                let (scale, lo) = row_scale(row, 65535.0);
+                quantise_row_digits(row, scale, lo, h, l);
+                scales[r] = scale;
+                minima[r] = lo;
+            }
+            codes_shape.insert(0, 2);
+        } else {
+            for (r, (row, out)) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
+                let (scale, lo) = row_scale(row, 255.0);
+                quantise_row(row, scale, lo, out);
+                scales[r] = scale;
+                minima[r] = lo;
+            }
         }
         let mut row_shape = shape.clone();
         *row_shape.last_mut().expect("rank checked above") = 1;
-        Ok(tvec!(owned(&shape, codes)?, owned(&row_shape, scales)?, owned(&row_shape, minima)?))
+        Ok(tvec!(owned(&codes_shape, codes)?, owned(&row_shape, scales)?, owned(&row_shape, minima)?))
     }
 }
 
@@ -443,7 +582,11 @@ impl TypedOp for RowQuantize {
         ensure!(x.rank() > 0, "{ROW_QUANTIZE} of a scalar");
         let mut row: TVec<TDim> = x.shape.iter().cloned().collect();
         *row.last_mut().expect("rank checked above") = 1.to_dim();
-        Ok(tvec!(u8::fact(x.shape.clone()), f32::fact(row.clone()), f32::fact(row)))
+        let mut codes: TVec<TDim> = x.shape.iter().cloned().collect();
+        if self.digits {
+            codes.insert(0, 2.to_dim());
+        }
+        Ok(tvec!(u8::fact(codes), f32::fact(row.clone()), f32::fact(row)))
     }
 
     as_op!();
@@ -452,10 +595,14 @@ impl TypedOp for RowQuantize {
 /// `(product i32 [..., N], row minimum f32 [..., 1], row scale f32 [..., 1], column sums f32 [N],
 /// weight scales f32 [N](, bias f32 [N])(, residual f32 [..., N]))` → f32 `[..., N]`:
 /// `(f32(product) · row_scale + row_min · column_sum) · weight_scale (+ bias) (+ residual)`.
+///
+/// With `digits`, the product is `[2, ..., N]` (high and low digits' products) and
+/// `f32(product)` is `256·f32(high) + f32(low)`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct RowDequantizeExpansion {
     bias: bool,
     residual: bool,
+    digits: bool,
 }
 
 impl Expansion for RowDequantizeExpansion {
@@ -484,17 +631,24 @@ impl Expansion for RowDequantizeExpansion {
         s.equals(&inputs[3].datum_type, f32::datum_type())?;
         s.equals(&inputs[4].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
+        if !self.digits {
+            return s.equals(&inputs[0].shape, &outputs[0].shape);
+        }
+        s.given(&inputs[0].shape, move |s, shape| {
+            s.equals(&outputs[0].shape, shape[1..].iter().cloned().collect::<TVec<TDim>>())
+        })
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let plain = RowDequantize { bias: self.bias, residual: false };
+        let plain = RowDequantize { bias: self.bias, residual: false, digits: self.digits };
         if !self.residual {
             return model.wire_node(prefix, plain, inputs);
         }
         let (product, residual) = (inputs[0], inputs[inputs.len() - 1]);
-        if model.outlet_fact(product)?.shape == model.outlet_fact(residual)?.shape {
-            return model.wire_node(prefix, RowDequantize { bias: self.bias, residual: true }, inputs);
+        let out_shape = &model.outlet_fact(product)?.shape.dims()[self.digits as usize..];
+        if out_shape == model.outlet_fact(residual)?.shape.dims() {
+            let op = RowDequantize { bias: self.bias, residual: true, digits: self.digits };
+            return model.wire_node(prefix, op, inputs);
         }
         // Shapes not provably equal: dequantise, then tract's own broadcasting Add.
         let y = model.wire_node(prefix, plain, &inputs[..inputs.len() - 1])?[0];
@@ -513,6 +667,7 @@ impl Expansion for RowDequantizeExpansion {
 pub(crate) struct RowDequantize {
     bias: bool,
     residual: bool,
+    digits: bool,
 }
 
 impl Op for RowDequantize {
@@ -530,10 +685,19 @@ impl EvalOp for RowDequantize {
         let residual = if self.residual { inputs.pop() } else { None };
         let bias = if self.bias { inputs.pop() } else { None };
         let (acc, minima, scale, sums, wscale) = args_5!(inputs);
-        let shape = acc.shape().to_vec();
+        let mut shape = acc.shape().to_vec();
         let n = *shape.last().context("dequantisation of a scalar")?;
         let acc = acc.try_as_plain_ram()?;
         let acc = acc.as_slice::<i32>()?;
+        // 16-bit digits: the high digits' products, then the low digits'.
+        let (acc, low) = if self.digits {
+            ensure!(shape.first() == Some(&2), "{ROW_DEQUANTIZE}: digit products {shape:?}");
+            shape.remove(0);
+            let (high, low) = acc.split_at(acc.len() / 2);
+            (high, Some(low))
+        } else {
+            (acc, None)
+        };
         let minima = minima.try_as_plain_ram()?;
         let minima = minima.as_slice::<f32>()?;
         let scale = scale.try_as_plain_ram()?;
@@ -575,8 +739,20 @@ impl EvalOp for RowDequantize {
             // ((product · scale + min · column sum) · weight scale + bias) + residual.
             for (r, (o, a)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
                 let (lo, s) = (minima[r], scale[r]);
-                for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
-                    *o = (a as f32 * s + lo * cs) * ws;
+                match low {
+                    // `ReduceSum(Cast(product) · [256, 1])` over the digits, then as below.
+                    Some(low) => {
+                        let l = &low[r * n..(r + 1) * n];
+                        for ((((o, &h), &l), &cs), &ws) in o.iter_mut().zip(a).zip(l).zip(sums).zip(wscale) {
+                            let p = h as f32 * 256.0 + l as f32;
+                            *o = (p * s + lo * cs) * ws;
+                        }
+                    }
+                    None => {
+                        for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
+                            *o = (a as f32 * s + lo * cs) * ws;
+                        }
+                    }
                 }
                 if let Some(bias) = bias {
                     o.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
@@ -599,14 +775,15 @@ impl TypedOp for RowDequantize {
         if self.residual {
             let r = inputs[inputs.len() - 1];
             ensure!(
-                r.shape == inputs[0].shape,
+                r.shape.dims() == &inputs[0].shape.dims()[self.digits as usize..],
                 "{ROW_DEQUANTIZE}: residual {:?} for {:?}",
                 r.shape,
                 inputs[0].shape
             );
         }
         let acc = inputs[0];
-        ensure!(acc.rank() > 0, "{ROW_DEQUANTIZE} of a scalar");
+        ensure!(acc.rank() > self.digits as usize, "{ROW_DEQUANTIZE} of a scalar");
+        let out: TVec<TDim> = acc.shape.iter().skip(self.digits as usize).cloned().collect();
         let n = acc.shape.last().expect("rank checked above");
         let vectors: &[(usize, &str)] = if self.bias {
             &[(3, "column sums"), (4, "weight scales"), (5, "bias")]
@@ -625,13 +802,13 @@ impl TypedOp for RowDequantize {
             let f = inputs[i];
             // Leading dims are symbolic here; their element count is checked at run time.
             ensure!(
-                f.rank() == acc.rank() && f.shape.last() == Some(&1.to_dim()),
+                f.rank() == out.len() && f.shape.last() == Some(&1.to_dim()),
                 "{ROW_DEQUANTIZE}: {what} {:?} for a product {:?}",
                 f.shape,
                 acc.shape
             );
         }
-        Ok(tvec!(f32::fact(acc.shape.clone())))
+        Ok(tvec!(f32::fact(out)))
     }
 
     as_op!();
@@ -709,7 +886,7 @@ mod tests {
         let rows: [&[f32]; 5] =
             [&[0.5, 1.5, 2.5, -0.5], &[0.25; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0], &long];
         for row in rows {
-            let (scale, lo) = row_scale(row);
+            let (scale, lo) = row_scale(row, 255.0);
             let want_lo = row.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
@@ -721,6 +898,18 @@ mod tests {
                 assert_eq!(*c, ((v - lo) / scale).round_ties_even() as u8, "{row:?}");
             }
             assert_eq!(codes.iter().min(), Some(&0), "{row:?}");
+
+            // 16-bit digits: Round, then Floor(q · 1/256) and q − 256·high, as the exporter's nodes.
+            let (scale, lo) = row_scale(row, 65535.0);
+            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 65535.0);
+            assert_eq!(scale.to_bits(), want_scale.to_bits());
+            let (mut high, mut low) = (vec![0u8; row.len()], vec![0u8; row.len()]);
+            quantise_row_digits(row, scale, lo, &mut high, &mut low);
+            for ((&h, &l), &v) in high.iter().zip(&low).zip(row) {
+                let q = ((v - lo) / scale).round_ties_even();
+                let want_high = (q * (1.0 / 256.0)).floor();
+                assert_eq!((h, l), (want_high as u8, (q - want_high * 256.0) as u8), "{row:?}");
+            }
         }
     }
 }

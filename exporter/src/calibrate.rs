@@ -1,0 +1,168 @@
+//! Calibration statistics for GPTQ ([`crate::quant::gptq`]), made by the model itself.
+//!
+//! GPTQ needs the second moment `H = Σ xxᵀ` of every dense layer's input on text the model
+//! sees. The exporter has no corpus, so a decoder writes its own: the fp32 graph, with every
+//! dense layer's input exposed as an extra output ([`GraphBuilder::tapping`]), samples
+//! [`SEQUENCES`] sequences token by token (temperature 1, a fixed seed, through its KV cache, on
+//! tract), and the tapped inputs of every step are accumulated. Sampling from the model's own
+//! distribution gives inputs distributed as in use, which is what the rounding is weighted by
+//! (the data-free recipe of LLM-QAT, Liu et al. 2023). Measured on the shipped GPT
+//! (`scripts/int8_sensitivity.py`): self-generated calibration gives the same top-1 agreement
+//! as held-out Shakespeare (99.46 % with f32 activations), random tokens 0.1 point less.
+//!
+//! The sampled tokens depend on float rounding only where a uniform draw falls within rounding
+//! of a cumulative-probability boundary, so exports are reproducible in practice, not by
+//! construction across CPUs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ferrite_runtime::{BackendKind, Model, Options, Tensor};
+
+use crate::arch::{Architecture, Calibration};
+use crate::error::{ExportError, Result};
+use crate::onnx::GraphBuilder;
+use crate::quant::QuantScheme;
+use crate::quant::gptq::{Hessian, Hessians};
+
+/// Sequences sampled per calibration.
+pub const SEQUENCES: usize = 8;
+/// Seed of the sampling.
+pub const SEED: u64 = 0x0670_7471;
+
+/// What a calibration used, for the manifest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CalibrationReport {
+    /// `gptq`.
+    pub method: &'static str,
+    /// Where the calibration inputs came from (`sampled from the fp32 model`).
+    pub data: &'static str,
+    /// Sequences.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub tokens_per_sequence: usize,
+    /// Seed of the sampling.
+    pub seed: u64,
+    /// Dense layers whose weights GPTQ rounded.
+    pub layers: usize,
+}
+
+fn calibration_error(message: String) -> ExportError {
+    ExportError::Quantisation { scheme: "int8", message: format!("calibration: {message}") }
+}
+
+/// A SplitMix64 stream of uniform `f64` in `[0, 1)`.
+struct Uniform(u64);
+
+impl Uniform {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A token drawn from `softmax(logits)` with the uniform draw `u`.
+fn sample(logits: &[f32], u: f64) -> i64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let weights: Vec<f64> = logits.iter().map(|&v| f64::from(v - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut target = u * total;
+    for (i, w) in weights.iter().enumerate() {
+        target -= w;
+        if target < 0.0 {
+            return i as i64;
+        }
+    }
+    (logits.len() - 1) as i64
+}
+
+/// GPTQ statistics for `arch`'s dense layers, or `None` when the architecture has no
+/// calibration. `work` is an empty scratch directory for the tapped fp32 graph.
+pub fn hessians(arch: &dyn Architecture, work: &Path) -> Result<Option<(Hessians, CalibrationReport)>> {
+    let Some(Calibration::Decoder { layers, heads, head_dim, start, length }) = arch.calibration() else {
+        return Ok(None);
+    };
+    let mut graph = arch.build(QuantScheme::Fp32, GraphBuilder::tapping())?;
+    let taps = graph.expose_taps();
+    crate::bundle::write_graph(arch, QuantScheme::Fp32, graph, work)?;
+    let model = Model::open(work.join(crate::onnx::MODEL_FILE))?;
+    let mut session = model.prepare(&Options::default().backend(BackendKind::Tract))?.session()?;
+
+    let b = SEQUENCES;
+    let mut sums: BTreeMap<String, Hessian> =
+        taps.iter().map(|(name, _, k)| (name.clone(), Hessian::new(*k))).collect();
+    let mut ids = vec![start; b];
+    let mut past: Vec<(String, Tensor)> = Vec::with_capacity(2 * layers);
+    for l in 0..layers {
+        for kv in ["key", "value"] {
+            past.push((
+                format!("past_{kv}.{l}"),
+                Tensor::new(vec![b, heads, 0, head_dim], Vec::<f32>::new())?,
+            ));
+        }
+    }
+    let mut uniform = Uniform(SEED);
+    for _ in 0..length {
+        let input = Tensor::new(vec![b, 1], ids.clone())?;
+        let mut views = vec![("input_ids", input.view())];
+        views.extend(past.iter().map(|(n, t)| (n.as_str(), t.view())));
+        let outputs = session.run(&views)?.into_vec();
+        for (name, tensor) in outputs {
+            if name == "logits" {
+                let logits = tensor.as_slice::<f32>()?;
+                let vocab = logits.len() / b;
+                for (r, id) in ids.iter_mut().enumerate() {
+                    *id = sample(&logits[r * vocab..(r + 1) * vocab], uniform.next());
+                }
+            } else if let Some(rest) = name.strip_prefix("present_") {
+                let slot = past.iter_mut().find(|(n, _)| n.strip_prefix("past_") == Some(rest));
+                let slot = slot.ok_or_else(|| calibration_error(format!("unexpected output {name}")))?;
+                slot.1 = tensor;
+            } else if let Some(h) = sums.get_mut(&name) {
+                let x = tensor.as_slice::<f32>()?;
+                if x.iter().any(|v| !v.is_finite()) {
+                    return Err(calibration_error(format!("non-finite values in {name}")));
+                }
+                h.add(x);
+            }
+        }
+    }
+    let mut out = Hessians::default();
+    for (name, readers, _) in &taps {
+        for layer in readers {
+            out.layers.insert(layer.clone(), sums[name].clone());
+        }
+    }
+    log::info!("calibration: {b} sampled sequences of {length} tokens, {} layers", out.layers.len());
+    let report = CalibrationReport {
+        method: "gptq",
+        data: "sampled from the fp32 model",
+        sequences: b,
+        tokens_per_sequence: length,
+        seed: SEED,
+        layers: out.layers.len(),
+    };
+    Ok(Some((out, report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_follow_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
+        let mut u = Uniform(1);
+        let mut counts = [0usize; 3];
+        for _ in 0..4000 {
+            counts[sample(&logits, u.next()) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let share = counts[1] as f64 / 4000.0;
+        assert!((share - 0.75).abs() < 0.03, "{counts:?}");
+    }
+}
