@@ -48,9 +48,10 @@ pub struct ExportOptions {
     /// Round int8 weights with GPTQ, calibrated on text the fp32 model samples itself
     /// (decoders only; [`crate::calibrate`]). On by default; off rounds to nearest.
     pub gptq: bool,
-    /// int8 activation precision: 8 (one uint8 code per value, the default) or 16 (two uint8
-    /// digits, twice the integer work: see [`GraphBuilder::set_int8_activation_digits`]).
-    pub activation_bits: u8,
+    /// int8 activation precision: 8 (one uint8 code per value) or 16 (two uint8 digits, twice
+    /// the integer work: see [`GraphBuilder::set_int8_activation_digits`]); `None` lets the
+    /// architecture choose ([`arch::Architecture::int8_activation_bits`]: 16 for decoders).
+    pub activation_bits: Option<u8>,
 }
 
 impl Default for ExportOptions {
@@ -61,7 +62,7 @@ impl Default for ExportOptions {
             force: false,
             fail_at: None,
             gptq: true,
-            activation_bits: 8,
+            activation_bits: None,
         }
     }
 }
@@ -183,7 +184,12 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
             calibration = Some(report);
         }
     }
-    let digits = match (opts.activation_bits, opts.quant) {
+    let activation_bits = match opts.activation_bits {
+        Some(bits) => bits,
+        None if opts.quant == QuantScheme::Int8 => arch.int8_activation_bits(),
+        None => 8,
+    };
+    let digits = match (activation_bits, opts.quant) {
         (8, _) => false,
         (16, QuantScheme::Int8) => true,
         (bits, scheme) => {
@@ -235,7 +241,7 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         files,
         accuracy,
         calibration,
-        activation_bits: (opts.quant == QuantScheme::Int8).then_some(opts.activation_bits),
+        activation_bits: (opts.quant == QuantScheme::Int8).then_some(activation_bits),
     };
     let manifest_path = tmp.path().join(MANIFEST_FILE);
     let json = serde_json::to_string_pretty(&manifest)

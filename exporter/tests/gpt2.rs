@@ -131,7 +131,12 @@ fn int8_gptq_and_sixteen_bit_activations() {
     let tmp = tempfile::tempdir().unwrap();
     let variant = |name: &str, gptq: bool, activation_bits: u8| {
         let out = tmp.path().join(name);
-        let opts = ExportOptions { quant: QuantScheme::Int8, gptq, activation_bits, ..Default::default() };
+        let opts = ExportOptions {
+            quant: QuantScheme::Int8,
+            gptq,
+            activation_bits: Some(activation_bits),
+            ..Default::default()
+        };
         let manifest = export(&src, &out, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         check_with_python(&out, None);
         (out, manifest)

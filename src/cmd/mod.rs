@@ -39,6 +39,10 @@ pub struct RunFlags {
     /// same outputs, to rounding). For measuring what the in-place cache buys.
     #[arg(long)]
     pub ort_kv_concat: bool,
+    /// ort only: run the standard ONNX nodes of an int8 file's per-token quantisation instead
+    /// of ferrite's fused custom operators (the same arithmetic). For measuring what they buy.
+    #[arg(long)]
+    pub ort_unfused: bool,
 }
 
 /// `1048576`, `1024K`, `512M`, `1G` (binary multiples).
@@ -62,7 +66,8 @@ impl RunFlags {
             .tract_fused_int8(!self.tract_unfused)
             .tract_fused_attention(!self.tract_unfused)
             .tract_in_place_kv(!self.tract_kv_concat)
-            .ort_in_place_kv(!self.ort_kv_concat);
+            .ort_in_place_kv(!self.ort_kv_concat)
+            .ort_fused_int8(!self.ort_unfused);
         if let Some(p) = &self.ort_library {
             o = o.ort_library(p);
         }

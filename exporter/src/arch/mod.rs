@@ -91,6 +91,11 @@ pub trait Architecture {
     fn context_length(&self) -> Option<usize>;
     /// Special token ids from the config (`bos`, `eos`, `pad`…).
     fn special_tokens(&self) -> BTreeMap<String, i64>;
+    /// Bits per activation value under int8 when the caller does not say (8, or 16 as two uint8
+    /// digits: see `GraphBuilder::set_int8_activation_digits`).
+    fn int8_activation_bits(&self) -> u8 {
+        8
+    }
     /// How int8 weights of this model are calibrated (GPTQ), if they are.
     fn calibration(&self) -> Option<Calibration> {
         None

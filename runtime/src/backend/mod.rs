@@ -10,11 +10,17 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorView};
 
+#[cfg(any(feature = "tract", feature = "ort"))]
+mod int8_pattern;
 mod onnx_graph;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
 mod ort_gqa;
+#[cfg(feature = "ort")]
+mod ort_int8;
+#[cfg(any(feature = "tract", feature = "ort"))]
+mod row_quant;
 #[cfg(feature = "tract")]
 pub mod tract;
 #[cfg(feature = "tract")]
@@ -100,6 +106,11 @@ pub struct Options {
     /// binding), instead of the file's `Concat` that rebuilds the cache every step
     /// (`backend/ort_gqa.rs`; the same outputs to rounding). On by default.
     pub ort_in_place_kv: bool,
+    /// On ONNX Runtime, run each per-token int8 quantisation and dequantisation of a ferrite
+    /// int8 export as one custom operator of ferrite's (`backend/ort_int8.rs`) instead of the
+    /// file's 14 or 24 standard nodes around each `MatMulInteger` (the same arithmetic). On by
+    /// default.
+    pub ort_fused_int8: bool,
 }
 
 impl Default for Options {
@@ -114,6 +125,7 @@ impl Default for Options {
             tract_fused_attention: true,
             tract_in_place_kv: true,
             ort_in_place_kv: true,
+            ort_fused_int8: true,
         }
     }
 }
@@ -157,6 +169,12 @@ impl Options {
     /// Turns ONNX Runtime's in-place KV cache on or off (see [`Options::ort_in_place_kv`]).
     pub fn ort_in_place_kv(mut self, on: bool) -> Self {
         self.ort_in_place_kv = on;
+        self
+    }
+    /// Turns ONNX Runtime's fused int8 custom operators on or off (see
+    /// [`Options::ort_fused_int8`]).
+    pub fn ort_fused_int8(mut self, on: bool) -> Self {
+        self.ort_fused_int8 = on;
         self
     }
     /// Refuses models whose estimated memory ([`crate::budget::estimate`]) exceeds `bytes`.

@@ -104,7 +104,6 @@ impl<'g> GraphIndex<'g> {
     }
 
     /// `name` is a 1-D f32 initializer (a bias).
-    #[cfg(feature = "tract")]
     pub(crate) fn is_vector(&self, name: &str) -> bool {
         self.initializer.get(name).is_some_and(|t| t.data_type == ONNX_FLOAT as i32 && t.dims.len() == 1)
     }
@@ -122,7 +121,6 @@ impl<'g> GraphIndex<'g> {
     }
 
     /// `name` is an f32 scalar initializer holding exactly `value`.
-    #[cfg(feature = "tract")]
     pub(crate) fn is_scalar(&self, name: &str, value: f32) -> bool {
         self.scalar_value(name).is_some_and(|v| v.to_bits() == value.to_bits())
     }

@@ -14,8 +14,12 @@ use ort::session::{IoBinding, Session as OrtSession, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
 use prost::Message;
 
+use tract_onnx::pb;
+
+use super::int8_pattern::{DOMAIN, Fused, fuse_row_quantisation};
 use super::onnx_graph::{Half, PAST_LENGTH, cache_slot};
 use super::ort_gqa::{self, Geometry, GqaGraph, SEQLENS_K, TOTAL_LENGTH};
+use super::ort_int8;
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -120,13 +124,13 @@ struct GqaMap {
 impl OrtModel {
     pub(crate) fn prepare(model: &Model, options: &Options) -> Result<OrtModel> {
         let env = environment(options.ort_library.as_deref())?;
-        if options.ort_in_place_kv {
-            match OrtModel::prepare_in_place(model, options, env) {
+        if options.ort_in_place_kv || options.ort_fused_int8 {
+            match OrtModel::prepare_rewritten(model, options, env) {
                 Ok(Some(prepared)) => return Ok(prepared),
                 Ok(None) => {}
-                // The rewrite is an optimisation: the file as written is still the model.
+                // The rewrites are optimisations: the file as written is still the model.
                 Err(e) => {
-                    log::warn!("ort: the in-place KV cache was refused ({e}); running the file's Concat")
+                    log::warn!("ort: the rewritten graph was refused ({e}); running the file as written")
                 }
             }
         }
@@ -137,25 +141,36 @@ impl OrtModel {
         OrtModel::checked(model, session, None)
     }
 
-    /// A decoder step graph rewritten for GroupQueryAttention on an in-place cache
-    /// (`ort_gqa.rs`), or `None` when the file does not have the pattern.
-    fn prepare_in_place(
+    /// The file rewritten in memory for ONNX Runtime, or `None` when no rewrite applies: a
+    /// decoder step graph's attention as GroupQueryAttention on an in-place cache (`ort_gqa.rs`),
+    /// and an int8 file's per-token quantisation as ferrite's custom operators (`ort_int8.rs`).
+    fn prepare_rewritten(
         model: &Model,
         options: &Options,
         env: &ort::environment::Environment,
     ) -> Result<Option<OrtModel>> {
         let mut proto = model.proto()?;
-        let Some(graph) = ort_gqa::rewrite(&mut proto) else { return Ok(None) };
         let info = model.info();
-        let Some(ids) = info
+        let ids = info
             .inputs
             .iter()
-            .position(|i| i.name == "input_ids" && i.shape.as_ref().is_some_and(|s| s.len() == 2))
-        else {
-            return Ok(None);
+            .position(|i| i.name == "input_ids" && i.shape.as_ref().is_some_and(|s| s.len() == 2));
+        let gqa = match ids {
+            Some(ids) if options.ort_in_place_kv => ort_gqa::rewrite(&mut proto).map(|graph| {
+                let inputs = info.inputs.iter().map(|i| cache_slot(&graph.layers, &i.name)).collect();
+                let outputs = info.outputs.iter().map(|o| cache_slot(&graph.layers, &o.name)).collect();
+                GqaMap { graph, inputs, outputs, ids }
+            }),
+            _ => None,
         };
-        let inputs: Vec<_> = info.inputs.iter().map(|i| cache_slot(&graph.layers, &i.name)).collect();
-        let outputs: Vec<_> = info.outputs.iter().map(|o| cache_slot(&graph.layers, &o.name)).collect();
+        let fused = if options.ort_fused_int8 { fuse_row_quantisation(&mut proto) } else { Fused::default() };
+        let fused_int8 = fused.quantize + fused.dequantize > 0;
+        if gqa.is_none() && !fused_int8 {
+            return Ok(None);
+        }
+        if fused_int8 {
+            proto.opset_import.push(pb::OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
+        }
         let bytes = proto.encode_to_vec();
         drop(proto);
         // A model given as bytes has no directory: ONNX Runtime is told where the external data
@@ -163,14 +178,30 @@ impl OrtModel {
         let dir = model.dir();
         let dir =
             dir.to_str().ok_or_else(|| Error::InvalidModel(format!("{} is not UTF-8", dir.display())))?;
-        let session = builder(env, options)?
+        let mut builder = builder(env, options)?
             .with_config_entry("session.model_external_initializers_file_folder_path", dir)
-            .map_err(|e| backend_err("configuring the session", e))?
-            .commit_from_memory(&bytes)
-            .map_err(|e| classify(model, e))?;
-        log::debug!("ort: {} layers keep their KV cache in place (GroupQueryAttention)", graph.layers.len());
-        let map = GqaMap { graph, inputs, outputs, ids };
-        OrtModel::checked(model, session, Some(Arc::new(map))).map(Some)
+            .map_err(|e| backend_err("configuring the session", e))?;
+        if fused_int8 {
+            let domain = ort_int8::domain().map_err(|e| backend_err("registering ferrite's operators", e))?;
+            builder = builder
+                .with_operators(domain)
+                .map_err(|e| backend_err("registering ferrite's operators", e))?;
+        }
+        let session = builder.commit_from_memory(&bytes).map_err(|e| classify(model, e))?;
+        if let Some(map) = &gqa {
+            log::debug!(
+                "ort: {} layers keep their KV cache in place (GroupQueryAttention)",
+                map.graph.layers.len()
+            );
+        }
+        if fused_int8 {
+            log::debug!(
+                "ort: fused {} row quantisations and {} dequantisations (ferrite's operators)",
+                fused.quantize,
+                fused.dequantize
+            );
+        }
+        OrtModel::checked(model, session, gqa.map(Arc::new)).map(Some)
     }
 
     /// Checks that ONNX Runtime sees the file's inputs (then the rewrite's own, if any).

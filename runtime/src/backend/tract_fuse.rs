@@ -32,7 +32,7 @@ pub(crate) use kv_cache::{
 };
 pub(crate) use matmul_i8::MATMUL_I8;
 
-use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
+use tract_onnx::pb::{ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::change_axes::wire_with_rank_broadcast;
@@ -40,16 +40,11 @@ use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity, expand,
 };
 
-/// Op type of the fused quantisation node (registered in tract's ONNX op registry only).
-pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";
-/// Op type of the fused dequantisation node.
-pub(crate) const ROW_DEQUANTIZE: &str = "FerriteRowDequantize";
-const DOMAIN: &str = "ai.ferrite";
+use super::int8_pattern::{DOMAIN, Match, apply};
+pub(crate) use super::int8_pattern::{ROW_DEQUANTIZE, ROW_QUANTIZE, fuse_row_quantisation};
+use super::row_quant::{MAGIC, dequantise_rows, quantise_row, quantise_row_digits, row_scale};
 
-use super::onnx_graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, int_scalar, ints_attr};
-
-/// ONNX `TensorProto.DataType` code of uint8 (the codes' `Cast`).
-const ONNX_UINT8: i64 = 2;
+use super::onnx_graph::{GraphIndex, fusable_graph, int_attr, ints_attr};
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
@@ -114,295 +109,6 @@ pub(crate) fn fuse_int8_matmuls(model: &mut ModelProto) -> usize {
         graph.node[i] = node;
     }
     fused
-}
-
-/// How many subgraphs [`fuse_row_quantisation`] replaced.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fused {
-    pub quantize: usize,
-    pub dequantize: usize,
-}
-
-/// Rewrites the exporter's per-token quantisation subgraphs of a ferrite-exported model into the
-/// fused ops (see the module docs). Other files are left untouched.
-pub(crate) fn fuse_row_quantisation(model: &mut ModelProto) -> Fused {
-    let Some(graph) = fusable_graph(model) else { return Fused::default() };
-    let mut fused = Fused::default();
-    loop {
-        let index = GraphIndex::new(graph);
-        let found = (0..graph.node.len()).find_map(|i| {
-            match_quantize(&index, graph, i)
-                .map(|m| (m, true))
-                .or_else(|| match_dequantize(&index, graph, i).map(|m| (m, false)))
-        });
-        let Some((m, is_quantize)) = found else { break };
-        apply(graph, m);
-        if is_quantize {
-            fused.quantize += 1;
-        } else {
-            fused.dequantize += 1;
-        }
-    }
-    fused
-}
-
-/// One matched pattern: the nodes it removes and the node that replaces them, inserted at the
-/// position of the first removed node.
-struct Match {
-    remove: Vec<usize>,
-    insert_at: usize,
-    node: NodeProto,
-}
-
-fn apply(graph: &mut GraphProto, m: Match) {
-    let mut keep = vec![true; graph.node.len()];
-    for &i in &m.remove {
-        keep[i] = false;
-    }
-    let mut nodes = Vec::with_capacity(graph.node.len() + 1 - m.remove.len());
-    for (i, node) in std::mem::take(&mut graph.node).into_iter().enumerate() {
-        if i == m.insert_at {
-            nodes.push(m.node.clone());
-        }
-        if keep[i] {
-            nodes.push(node);
-        }
-    }
-    graph.node = nodes;
-}
-
-/// `Reduce{Min,Max}(x, axes = [-1], keepdims = 1)`.
-fn last_axis_reduce(n: &NodeProto) -> bool {
-    n.attribute.len() == 2 && ints_attr(n, "axes") == Some(&[-1]) && int_attr(n, "keepdims") == Some(1)
-}
-
-/// The values of a small inline f32 initializer of shape `dims`.
-fn f32_values(ix: &GraphIndex<'_>, name: &str, dims: &[i64]) -> Option<Vec<f32>> {
-    let t = ix.initializer.get(name)?;
-    if t.data_type != ONNX_FLOAT as i32 || t.dims != dims || t.data_location == Some(1) {
-        return None;
-    }
-    if !t.float_data.is_empty() {
-        return Some(t.float_data.clone());
-    }
-    Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
-/// `Unsqueeze(x, axes = [0])` (axes as an initializer, opset 13+): returns x.
-fn leading_unsqueeze<'a>(ix: &GraphIndex<'_>, g: &'a GraphProto, name: &str) -> Option<(usize, &'a String)> {
-    let (i, n) = ix.node(g, name, "Unsqueeze", 2)?;
-    (int_scalar(ix, &n.input[1]) == Some(0)).then_some((i, &n.input[0]))
-}
-
-/// The 16-bit digits tail of the exporter's quantisation (exporter/src/quant/int8.rs):
-/// `high = Floor(q · 1/256)`, `low = q − high · 256`, `Concat(Unsqueeze(high, 0),
-/// Unsqueeze(low, 0), axis 0)` feeding the codes' `Cast`. Returns `q` (the `Round`'s output) and
-/// the nodes to remove.
-fn match_digits(ix: &GraphIndex<'_>, g: &GraphProto, concat_name: &str) -> Option<(String, Vec<usize>)> {
-    let (concat_i, concat) = ix.node(g, concat_name, "Concat", 2)?;
-    if int_attr(concat, "axis") != Some(0) {
-        return None;
-    }
-    let (uh_i, high) = leading_unsqueeze(ix, g, &concat.input[0])?;
-    let (ul_i, low) = leading_unsqueeze(ix, g, &concat.input[1])?;
-    let (floor_i, floor) = ix.node(g, high, "Floor", 1)?;
-    let (div_i, div) = ix.node(g, &floor.input[0], "Mul", 2)?;
-    let q = &div.input[0];
-    if !ix.is_scalar(&div.input[1], 1.0 / 256.0) {
-        return None;
-    }
-    let (sub_i, sub) = ix.node(g, low, "Sub", 2)?;
-    let (mul_i, mul) = ix.node(g, &sub.input[1], "Mul", 2)?;
-    if &sub.input[0] != q || &mul.input[0] != high || !ix.is_scalar(&mul.input[1], 256.0) {
-        return None;
-    }
-    let once = [concat, div, sub, mul];
-    if once.iter().any(|n| ix.uses(&n.output[0]) != 1)
-        || ix.uses(&g.node[uh_i].output[0]) != 1
-        || ix.uses(&g.node[ul_i].output[0]) != 1
-        || ix.uses(high) != 2
-        || ix.uses(q) != 2
-    {
-        return None;
-    }
-    Some((q.clone(), vec![concat_i, uh_i, ul_i, floor_i, div_i, sub_i, mul_i]))
-}
-
-fn match_quantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
-    let cast = &g.node[at];
-    if cast.op_type != "Cast"
-        || !cast.domain.is_empty()
-        || cast.input.len() != 1
-        || cast.output.len() != 1
-        || int_attr(cast, "to") != Some(ONNX_UINT8)
-    {
-        return None;
-    }
-    // 8-bit codes: the Cast reads the Round; 16-bit: it reads the digits' Concat.
-    let (q, mut remove, digits) = match match_digits(ix, g, &cast.input[0]) {
-        Some((q, nodes)) => (q, nodes, true),
-        None => (cast.input[0].clone(), Vec::new(), false),
-    };
-    let (round_i, round) = ix.node(g, &q, "Round", 1)?;
-    let (div_i, div) = ix.node(g, &round.input[0], "Div", 2)?;
-    let scale = &div.input[1];
-    let (shifted_i, shifted) = ix.node(g, &div.input[0], "Sub", 2)?;
-    let (x, lo) = (&shifted.input[0], &shifted.input[1]);
-    let (scale_i, scale_n) = ix.node(g, scale, "Mul", 2)?;
-    let levels: f32 = if digits { 65535.0 } else { 255.0 };
-    if !ix.is_scalar(&scale_n.input[1], 1.0 / levels) {
-        return None;
-    }
-    let (range2_i, range2) = ix.node(g, &scale_n.input[0], "Max", 2)?;
-    if !ix.is_scalar(&range2.input[1], f32::MIN_POSITIVE) {
-        return None;
-    }
-    let (range_i, range) = ix.node(g, &range2.input[0], "Sub", 2)?;
-    if &range.input[1] != lo {
-        return None;
-    }
-    let (rmax_i, rmax) = ix.node(g, &range.input[0], "ReduceMax", 1)?;
-    let (rmin_i, rmin) = ix.node(g, lo, "ReduceMin", 1)?;
-    if &rmax.input[0] != x || &rmin.input[0] != x || !last_axis_reduce(rmax) || !last_axis_reduce(rmin) {
-        return None;
-    }
-    // Every intermediate is read only inside the pattern; the scale and the row minimum are
-    // outputs (the dequantisation reads them). (The digits' `q` is read twice, checked above.)
-    let once: &[&NodeProto] = if digits {
-        &[rmax, range, range2, shifted, div]
-    } else {
-        &[rmax, range, range2, shifted, div, round]
-    };
-    if once.iter().any(|n| ix.uses(&n.output[0]) != 1) {
-        return None;
-    }
-    remove.extend([at, round_i, div_i, shifted_i, scale_i, range2_i, range_i, rmax_i, rmin_i]);
-    let insert_at = *remove.iter().min()?;
-    let node = NodeProto {
-        name: format!("{}.fused_quantize", cast.name),
-        op_type: ROW_QUANTIZE.into(),
-        domain: DOMAIN.into(),
-        input: vec![x.clone()],
-        output: vec![cast.output[0].clone(), scale.clone(), lo.clone()],
-        attribute: vec![flag("digits", digits)],
-        ..Default::default()
-    };
-    Some(Match { remove, insert_at, node })
-}
-
-/// An INT attribute `name` = 0 or 1.
-fn flag(name: &str, on: bool) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: on as i64,
-        ..Default::default()
-    }
-}
-
-/// The 16-bit digits' recombination before the row scale: `ReduceSum(Mul(Cast<f32>(product),
-/// [256, 1] on axis 0), axes = [0], keepdims = 0)`. Returns the `Cast` and the nodes to remove.
-fn match_digit_sum<'a>(
-    ix: &GraphIndex<'_>,
-    g: &'a GraphProto,
-    name: &str,
-) -> Option<(usize, &'a NodeProto, Vec<usize>)> {
-    let (sum_i, sum) = ix.node(g, name, "ReduceSum", 2)?;
-    if int_attr(sum, "keepdims") != Some(0) || int_scalar(ix, &sum.input[1]) != Some(0) {
-        return None;
-    }
-    let (mul_i, mul) = ix.node(g, &sum.input[0], "Mul", 2)?;
-    if f32_values(ix, &mul.input[1], &[2, 1, 1, 1])? != [256.0, 1.0] {
-        return None;
-    }
-    let (cast_i, cast) = ix.node(g, &mul.input[0], "Cast", 1)?;
-    if ix.uses(&sum.output[0]) != 1 || ix.uses(&mul.output[0]) != 1 {
-        return None;
-    }
-    Some((cast_i, cast, vec![sum_i, mul_i]))
-}
-
-fn match_dequantize(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) -> Option<Match> {
-    let out = &g.node[at];
-    if out.op_type != "Mul" || !out.domain.is_empty() || out.input.len() != 2 || out.output.len() != 1 {
-        return None;
-    }
-    let (add_i, add) = ix.node(g, &out.input[0], "Add", 2)?;
-    let (m1_i, m1) = ix.node(g, &add.input[0], "Mul", 2)?;
-    // 8-bit codes: the row scale multiplies the product's Cast; 16-bit: the digits' sum.
-    let (castf_i, castf, mut remove, digits) = match match_digit_sum(ix, g, &m1.input[0]) {
-        Some((i, cast, nodes)) => (i, cast, nodes, true),
-        None => {
-            let (i, cast) = ix.node(g, &m1.input[0], "Cast", 1)?;
-            (i, cast, Vec::new(), false)
-        }
-    };
-    if int_attr(castf, "to") != Some(ONNX_FLOAT) {
-        return None;
-    }
-    ix.node(g, &castf.input[0], "MatMulInteger", 2)?;
-    let (offset_i, offset) = ix.node(g, &add.input[1], "Mul", 2)?;
-    let private = [&add.output[0], &m1.output[0], &castf.output[0], &offset.output[0]];
-    if private.iter().any(|name| ix.uses(name) != 1) {
-        return None;
-    }
-    // product, row minimum, row scale, column sums, weight scales (, bias)
-    let mut input = vec![
-        castf.input[0].clone(),
-        offset.input[0].clone(),
-        m1.input[1].clone(),
-        offset.input[1].clone(),
-        out.input[1].clone(),
-    ];
-    remove.extend([at, add_i, m1_i, castf_i, offset_i]);
-    let mut last = (at, out);
-    let (mut bias, mut residual) = (false, false);
-    // A dense layer's bias, `Add(product, bias)` with a 1-D initializer, joins the fused op.
-    if let Some((add_i, add)) = ix.sole_consumer(g, &out.output[0]) {
-        let is_bias_add = add.op_type == "Add"
-            && add.domain.is_empty()
-            && add.input.len() == 2
-            && add.output.len() == 1
-            && add.input[0] == out.output[0]
-            && ix.is_vector(&add.input[1]);
-        if is_bias_add {
-            input.push(add.input[1].clone());
-            remove.push(add_i);
-            last = (add_i, add);
-            bias = true;
-        }
-    }
-    // Then a residual connection, `Add(y, x)` or `Add(x, y)` with a computed x, joins too (its
-    // shape is checked when the op is wired: a broadcasting Add stays tract's own).
-    if let Some((add_i, add)) = ix.sole_consumer(g, &last.1.output[0]) {
-        let y = &last.1.output[0];
-        let other = match add.input.as_slice() {
-            [a, b] if a == y && b != y => Some(b),
-            [a, b] if b == y && a != y => Some(a),
-            _ => None,
-        };
-        let is_residual = add.op_type == "Add"
-            && add.domain.is_empty()
-            && add.output.len() == 1
-            && other.is_some_and(|x| !ix.initializer.contains_key(x.as_str()));
-        if let (true, Some(x)) = (is_residual, other) {
-            input.push(x.clone());
-            remove.push(add_i);
-            last = (add_i, add);
-            residual = true;
-        }
-    }
-    let node = NodeProto {
-        name: format!("{}.fused_dequantize", last.1.name),
-        op_type: ROW_DEQUANTIZE.into(),
-        domain: DOMAIN.into(),
-        input,
-        output: vec![last.1.output[0].clone()],
-        attribute: vec![flag("bias", bias), flag("residual", residual), flag("digits", digits)],
-        ..Default::default()
-    };
-    // The replacement takes the last node's place: every input is defined before it.
-    Some(Match { remove, insert_at: last.0, node })
 }
 
 /// `x[..., D]` (f32) → `(codes u8 [..., D], scale f32 [..., 1], row minimum f32 [..., 1])`; with
@@ -471,64 +177,6 @@ impl Op for RowQuantize {
     }
 
     op_as_typed_op!();
-}
-
-/// 1.5·2²³: for 0 ≤ v < 2²², `v + MAGIC` rounds `v` half to even (the default rounding mode)
-/// and the low byte of its bits is that integer when it is at most 255. A plain float add and a
-/// bit mask, which the compiler vectorises; `f32::round_ties_even` is a libm call per element on
-/// x86-64 builds without SSE4.1, and `as u8` a saturating branch.
-const MAGIC: f32 = 12_582_912.0;
-
-/// The smallest and largest value of a non-empty row (ReduceMin, ReduceMax). Eight independent
-/// lanes so the compiler emits packed min/max.
-fn row_range(row: &[f32]) -> (f32, f32) {
-    let first = row[0];
-    let mut lo = [first; 8];
-    let mut hi = [first; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
-            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
-        }
-    }
-    let mut l = lo.iter().fold(first, |m, &v| m.min(v));
-    let mut h = hi.iter().fold(first, |m, &v| m.max(v));
-    for &v in chunks.remainder() {
-        l = l.min(v);
-        h = h.max(v);
-    }
-    (l, h)
-}
-
-/// One non-empty row's scale and minimum for `levels` + 1 codes (255 or 65535), as the replaced
-/// nodes compute them.
-fn row_scale(row: &[f32], levels: f32) -> (f32, f32) {
-    let (lo, hi) = row_range(row);
-    let scale = (hi - lo).max(f32::MIN_POSITIVE) * (1.0f32 / levels);
-    (scale, lo)
-}
-
-/// `Round((v − lo) / scale)` as 16-bit codes, split into `high = Floor(q / 256)` and
-/// `low = q − 256·high`, for one row.
-fn quantise_row_digits(row: &[f32], scale: f32, lo: f32, high: &mut [u8], low: &mut [u8]) {
-    for ((h, l), &v) in high.iter_mut().zip(low.iter_mut()).zip(row) {
-        // As in `quantise_row`: 0 ≤ (v − lo) / scale ≤ 65535·(1 + 2⁻²²) < 2²², so the magic
-        // rounding is exact and the low 16 mantissa bits hold q.
-        let q = ((v - lo) / scale + MAGIC).to_bits() & 0xffff;
-        *h = (q >> 8) as u8;
-        *l = (q & 0xff) as u8;
-    }
-}
-
-/// `Cast<u8>(Round((v − lo) / scale))` for one row.
-fn quantise_row(row: &[f32], scale: f32, lo: f32, out: &mut [u8]) {
-    for (q, &v) in out.iter_mut().zip(row) {
-        // 0 ≤ (v − lo) / scale ≤ 255·(1 + 2⁻²²) by construction of `scale` (f32 rounding is
-        // monotone), so the magic rounding is exact and lands on 0..=255, whose low mantissa
-        // byte is the code. NaN/∞ inputs give unspecified codes, as the standard nodes do.
-        *q = (((v - lo) / scale + MAGIC).to_bits() & 0xff) as u8;
-    }
 }
 
 /// A tensor holding `data` (tract copies it into its own aligned buffer).
@@ -734,34 +382,7 @@ impl EvalOp for RowDequantize {
         };
         let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
         let mut out = vec![0f32; acc.len()];
-        if n > 0 {
-            // One pass per row, the row still in cache, in the order of the replaced nodes:
-            // ((product · scale + min · column sum) · weight scale + bias) + residual.
-            for (r, (o, a)) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).enumerate() {
-                let (lo, s) = (minima[r], scale[r]);
-                match low {
-                    // `ReduceSum(Cast(product) · [256, 1])` over the digits, then as below.
-                    Some(low) => {
-                        let l = &low[r * n..(r + 1) * n];
-                        for ((((o, &h), &l), &cs), &ws) in o.iter_mut().zip(a).zip(l).zip(sums).zip(wscale) {
-                            let p = h as f32 * 256.0 + l as f32;
-                            *o = (p * s + lo * cs) * ws;
-                        }
-                    }
-                    None => {
-                        for (((o, &a), &cs), &ws) in o.iter_mut().zip(a).zip(sums).zip(wscale) {
-                            *o = (a as f32 * s + lo * cs) * ws;
-                        }
-                    }
-                }
-                if let Some(bias) = bias {
-                    o.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
-                }
-                if let Some(res) = residual {
-                    o.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(o, &x)| *o += x);
-                }
-            }
-        }
+        dequantise_rows(&mut out, acc, low, minima, scale, sums, wscale, bias, residual);
         Ok(tvec!(owned(&shape, out)?))
     }
 }
@@ -816,7 +437,9 @@ impl TypedOp for RowDequantize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::int8_pattern::Fused;
     use super::*;
+    use tract_onnx::pb;
 
     fn shipped_gpt_int8() -> ModelProto {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shakespeare-gpt/int8/model.onnx");
@@ -842,14 +465,18 @@ mod tests {
         // are gone.
         let (biases, residuals) = (matmuls - 1, 2 * 4);
         assert_eq!(adds - count(&model, "Add"), matmuls + biases + residuals);
-        // 9 nodes → 1 and 5 (+ bias and residual Adds) → 1 per matmul.
+        // The shipped GPT has 16-bit activation codes (two digits): 16 nodes → 1 and 7 (+ bias
+        // and residual Adds) → 1 per matmul (8-bit codes: 9 → 1 and 5 → 1).
         let after = model.graph.as_ref().unwrap().node.len();
-        assert_eq!(after, nodes - matmuls * (8 + 4) - biases - residuals);
+        assert_eq!(after, nodes - matmuls * (15 + 6) - biases - residuals);
         let flags = |n: &NodeProto| n.attribute.iter().map(|a| a.i).collect::<Vec<_>>();
         let graph = model.graph.as_ref().unwrap();
         let with_residual =
             graph.node.iter().filter(|n| n.op_type == ROW_DEQUANTIZE && flags(n)[1] == 1).count();
         assert_eq!(with_residual, residuals);
+        let digits =
+            |op: &str| graph.node.iter().filter(|n| n.op_type == op && flags(n).last() == Some(&1)).count();
+        assert_eq!((digits(ROW_QUANTIZE), digits(ROW_DEQUANTIZE)), (matmuls, matmuls));
     }
 
     #[test]
