@@ -10,7 +10,8 @@ reproduces `ferrite eval --reference` within 0.1 point (98.09 % here vs 98.03 % 
 Needs the dev venv (torch, transformers, tokenizers):
     .venv-dev/bin/python scripts/int8_sensitivity.py
 Results (2026-11-28; outlier-channel rows 2026-11-29; two-pass rows session 9) are in
-models/shakespeare-gpt/README.md.
+models/shakespeare-gpt/README.md; session 10's GPTQ / 16-bit / calibration-text rows (the last
+two sections) in exporter/README.md.
 """
 import math
 from pathlib import Path
@@ -275,6 +276,43 @@ def session10(desc, rounding, activations):
 
 
 session10("round to nearest, 8-bit activations (session-8 export)", "nearest", "8-bit")
-session10("GPTQ, 8-bit activations (session-10 default)", "gptq", "8-bit")
+session10("GPTQ, 8-bit activations (`--activation-bits 8`)", "gptq", "8-bit")
 session10("round to nearest, 16-bit activations", "nearest", "16-bit")
-session10("GPTQ, 16-bit activations (`--activation-bits 16`)", "gptq", "16-bit")
+session10("GPTQ, 16-bit activations (session-10 default for decoders)", "gptq", "16-bit")
+
+
+# Which calibration text: the exporter's self-generated samples (above), held-out-free real text
+# (Hamlet; the evaluation text is Macbeth) or uniformly random tokens, 8 × 256 tokens each. GPTQ
+# weights with f32 activations and an f32 token embedding isolate the weights' rounding.
+def calibrated_on(desc, tokens):
+    found = {}
+
+    def hook(module, inputs):
+        x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+        found[module] = found.get(module, 0) + x.t() @ x
+
+    pu.Conv1D.forward = conv1d_forward
+    model.lm_head.forward = lambda x: x @ wte.t()
+    hs = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, pu.Conv1D)]
+    hs.append(model.lm_head.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(tokens)
+    for h in hs:
+        h.remove()
+    w = {m: gptq(m.weight if m is not model.lm_head else m.weight.t(), h) for m, h in found.items()}
+    pu.Conv1D.forward = lambda self, x: x @ w[self] + self.bias
+    model.lm_head.forward = lambda x: x @ w[model.lm_head]
+    with torch.no_grad():
+        l = logits()
+    top1 = (l.argmax(-1) == reference_top1).float().mean().item() * 100
+    ppl = (math.exp(cross_entropy(l) - reference_ce) - 1) * 100
+    print(f"| GPTQ weights only, calibrated on {desc} | {top1:.2f} % | {ppl:+.3f} % |", flush=True)
+
+
+hamlet = Tokenizer.from_file(str(MODEL / "tokenizer.json")).encode(
+    (ROOT / "models" / "corpus" / "hamlet_gut.txt").read_text()
+).ids
+calibrated_on("self-generated samples", calibration)
+calibrated_on("Hamlet", torch.tensor([hamlet[i : i + WINDOW] for i in range(0, 8 * WINDOW, WINDOW)]))
+torch.manual_seed(1)
+calibrated_on("random tokens", torch.randint(0, model.config.vocab_size, (8, WINDOW)))

@@ -7,8 +7,8 @@
 //! tract), and the tapped inputs of every step are accumulated. Sampling from the model's own
 //! distribution gives inputs distributed as in use, which is what the rounding is weighted by
 //! (the data-free recipe of LLM-QAT, Liu et al. 2023). Measured on the shipped GPT
-//! (`scripts/int8_sensitivity.py`): self-generated calibration gives the same top-1 agreement
-//! as held-out Shakespeare (99.46 % with f32 activations), random tokens 0.1 point less.
+//! (`scripts/int8_sensitivity.py`, GPTQ weights with f32 activations): self-generated samples
+//! 99.46 % top-1 agreement, real text (Hamlet) 99.50 %, random tokens 99.33 %.
 //!
 //! Tokens are drawn by the runtime's own seeded [`Sampler`]; they depend on float rounding only
 //! where a uniform draw falls within rounding of a cumulative-probability boundary, so exports
