@@ -238,21 +238,28 @@ with torch.no_grad():
     calibration = model.generate(
         torch.zeros(8, 1, dtype=torch.long), do_sample=True, top_k=0, max_length=WINDOW, pad_token_id=0
     )
-hessians = {}
 
 
-def collect(module, inputs):
-    x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
-    hessians[module] = hessians.get(module, 0) + x.t() @ x
+def gptq_weights_for(tokens):
+    """GPTQ weights of every Conv1D and the head, calibrated on the fp32 model's inputs for `tokens`."""
+    found = {}
+
+    def collect(module, inputs):
+        x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+        found[module] = found.get(module, 0) + x.t() @ x
+
+    pu.Conv1D.forward = conv1d_forward
+    model.lm_head.forward = lambda x: x @ model.transformer.wte.weight.t()
+    hooks = [m.register_forward_pre_hook(collect) for m in model.modules() if isinstance(m, pu.Conv1D)]
+    hooks.append(model.lm_head.register_forward_pre_hook(collect))
+    with torch.no_grad():
+        model(tokens)
+    for h in hooks:
+        h.remove()
+    return {m: gptq(m.weight if m is not model.lm_head else m.weight.t(), h) for m, h in found.items()}
 
 
-hooks = [m.register_forward_pre_hook(collect) for m in model.modules() if isinstance(m, pu.Conv1D)]
-hooks.append(model.lm_head.register_forward_pre_hook(collect))
-with torch.no_grad():
-    model(calibration)
-for h in hooks:
-    h.remove()
-gptq_weights = {m: gptq(m.weight if m is not model.lm_head else m.weight.t(), h) for m, h in hessians.items()}
+gptq_weights = gptq_weights_for(calibration)
 wte = model.transformer.wte.weight.data.clone()
 
 
@@ -285,21 +292,7 @@ session10("GPTQ, 16-bit activations (session-10 default for decoders)", "gptq", 
 # (Hamlet; the evaluation text is Macbeth) or uniformly random tokens, 8 × 256 tokens each. GPTQ
 # weights with f32 activations and an f32 token embedding isolate the weights' rounding.
 def calibrated_on(desc, tokens):
-    found = {}
-
-    def hook(module, inputs):
-        x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
-        found[module] = found.get(module, 0) + x.t() @ x
-
-    pu.Conv1D.forward = conv1d_forward
-    model.lm_head.forward = lambda x: x @ wte.t()
-    hs = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, pu.Conv1D)]
-    hs.append(model.lm_head.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model(tokens)
-    for h in hs:
-        h.remove()
-    w = {m: gptq(m.weight if m is not model.lm_head else m.weight.t(), h) for m, h in found.items()}
+    w = gptq_weights_for(tokens)
     pu.Conv1D.forward = lambda self, x: x @ w[self] + self.bias
     model.lm_head.forward = lambda x: x @ w[model.lm_head]
     with torch.no_grad():

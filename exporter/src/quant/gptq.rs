@@ -141,8 +141,7 @@ pub fn quantise_rows(w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Option
     let mut row = vec![0f64; cols];
     for r in 0..rows {
         let src = &w[r * cols..(r + 1) * cols];
-        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let scale = super::int8::row_scale(src);
         scales[r] = scale;
         let s = f64::from(scale);
         for (dst, v) in row.iter_mut().zip(src) {
