@@ -173,26 +173,34 @@ fn gpt_batched_few_row_steps_agree() {
     }
 }
 
-#[test]
-fn lstm_is_bit_identical() {
+/// 8 tokens from zero states for the shipped LSTM.
+fn lstm_inputs() -> Vec<(&'static str, Tensor)> {
     let shape = common::shipped_lstm_state_shape();
     let zeros = Tensor::new(shape.clone(), vec![0f32; shape[0] * shape[2]]).unwrap();
-    let inputs = vec![
+    vec![
         ("input_ids", ids(vec![1, 8], vec![1, 20, 33, 40, 2, 0, 37, 11])),
         ("h0", zeros.clone()),
         ("c0", zeros),
-    ];
-    run_both("models/shakespeare-lstm/int8", &inputs);
+    ]
+}
+
+/// Two padded sentences for the BERT fixture.
+fn bert_inputs() -> Vec<(&'static str, Tensor)> {
+    vec![
+        ("input_ids", ids(vec![2, 6], vec![2, 17, 40, 63, 3, 0, 2, 9, 3, 0, 0, 0])),
+        ("attention_mask", ids(vec![2, 6], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0])),
+        ("token_type_ids", ids(vec![2, 6], vec![0; 12])),
+    ]
+}
+
+#[test]
+fn lstm_is_bit_identical() {
+    run_both("models/shakespeare-lstm/int8", &lstm_inputs());
 }
 
 #[test]
 fn bert_with_padding_is_bit_identical() {
-    let inputs = vec![
-        ("input_ids", ids(vec![2, 6], vec![2, 17, 40, 63, 3, 0, 2, 9, 3, 0, 0, 0])),
-        ("attention_mask", ids(vec![2, 6], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0])),
-        ("token_type_ids", ids(vec![2, 6], vec![0; 12])),
-    ];
-    run_both("fuzz/fixtures/bert-int8", &inputs);
+    run_both("fuzz/fixtures/bert-int8", &bert_inputs());
 }
 
 /// ONNX Runtime with ferrite's fused int8 custom operators against ONNX Runtime running the
@@ -235,18 +243,6 @@ fn onnx_runtime_fused_operators_are_bit_identical() {
     }
     both("models/shakespeare-gpt/int8", &step);
 
-    let shape = common::shipped_lstm_state_shape();
-    let zeros = Tensor::new(shape.clone(), vec![0f32; shape[0] * shape[2]]).unwrap();
-    let lstm = vec![
-        ("input_ids", ids(vec![1, 8], vec![1, 20, 33, 40, 2, 0, 37, 11])),
-        ("h0", zeros.clone()),
-        ("c0", zeros),
-    ];
-    both("models/shakespeare-lstm/int8", &lstm);
-    let bert = vec![
-        ("input_ids", ids(vec![2, 6], vec![2, 17, 40, 63, 3, 0, 2, 9, 3, 0, 0, 0])),
-        ("attention_mask", ids(vec![2, 6], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0])),
-        ("token_type_ids", ids(vec![2, 6], vec![0; 12])),
-    ];
-    both("fuzz/fixtures/bert-int8", &bert);
+    both("models/shakespeare-lstm/int8", &lstm_inputs());
+    both("fuzz/fixtures/bert-int8", &bert_inputs());
 }

@@ -15,7 +15,7 @@ use ort::operator::{
 use ort::value::TensorElementType;
 
 use super::int8_pattern::{DOMAIN, ROW_DEQUANTIZE, ROW_QUANTIZE};
-use super::row_quant::{dequantise_rows, quantise_row, quantise_row_digits, row_scale};
+use super::row_quant::{dequantise_rows, quantise_rows};
 
 /// The `ai.ferrite` domain with both operators, to register on a session builder.
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {
@@ -83,24 +83,7 @@ impl Kernel for RowQuantizeKernel {
         let (_, codes) = codes.try_extract_tensor_mut::<u8>()?;
         let (_, scales) = scales.try_extract_tensor_mut::<f32>()?;
         let (_, minima) = minima.try_extract_tensor_mut::<f32>()?;
-        let rows = xs.chunks_exact(d);
-        if self.digits {
-            let (high, low) = codes.split_at_mut(xs.len());
-            let out = high.chunks_exact_mut(d).zip(low.chunks_exact_mut(d));
-            for (r, (row, (h, l))) in rows.zip(out).enumerate() {
-                let (scale, lo) = row_scale(row, 65535.0);
-                quantise_row_digits(row, scale, lo, h, l);
-                scales[r] = scale;
-                minima[r] = lo;
-            }
-        } else {
-            for (r, (row, out)) in rows.zip(codes.chunks_exact_mut(d)).enumerate() {
-                let (scale, lo) = row_scale(row, 255.0);
-                quantise_row(row, scale, lo, out);
-                scales[r] = scale;
-                minima[r] = lo;
-            }
-        }
+        quantise_rows(xs, d, self.digits, codes, scales, minima);
         Ok(())
     }
 }

@@ -61,6 +61,36 @@ pub(crate) fn quantise_row(row: &[f32], scale: f32, lo: f32, out: &mut [u8]) {
     }
 }
 
+/// Quantises every `d`-wide row of `xs`: codes into `codes` (`xs.len()` bytes, or with `digits`
+/// `2 · xs.len()`: all high digits, then all low digits), each row's scale and minimum into
+/// `scales` / `minima`. What both backends' fused quantisation op computes.
+pub(crate) fn quantise_rows(
+    xs: &[f32],
+    d: usize,
+    digits: bool,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    minima: &mut [f32],
+) {
+    let rows = xs.chunks_exact(d);
+    let stats = scales.iter_mut().zip(minima.iter_mut());
+    if digits {
+        let (high, low) = codes.split_at_mut(xs.len());
+        let out = high.chunks_exact_mut(d).zip(low.chunks_exact_mut(d));
+        for ((row, (h, l)), (s, m)) in rows.zip(out).zip(stats) {
+            let (scale, lo) = row_scale(row, 65535.0);
+            quantise_row_digits(row, scale, lo, h, l);
+            (*s, *m) = (scale, lo);
+        }
+    } else {
+        for ((row, out), (s, m)) in rows.zip(codes.chunks_exact_mut(d)).zip(stats) {
+            let (scale, lo) = row_scale(row, 255.0);
+            quantise_row(row, scale, lo, out);
+            (*s, *m) = (scale, lo);
+        }
+    }
+}
+
 /// `(f32(product) · row_scale + row_min · column_sum) · weight_scale (+ bias) (+ residual)` for
 /// every row of `out` (`N` = `sums.len()` columns); with `low` (16-bit codes), `f32(product)` is
 /// `256·f32(high) + f32(low)` with `acc` the high digits' products. Slice lengths are checked by

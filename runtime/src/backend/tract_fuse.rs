@@ -42,7 +42,7 @@ use tract_onnx::tract_hir::internal::{
 
 use super::int8_pattern::{DOMAIN, Match, apply};
 pub(crate) use super::int8_pattern::{ROW_DEQUANTIZE, ROW_QUANTIZE, fuse_row_quantisation};
-use super::row_quant::{MAGIC, dequantise_rows, quantise_row, quantise_row_digits, row_scale};
+use super::row_quant::{MAGIC, dequantise_rows, quantise_rows};
 
 use super::onnx_graph::{GraphIndex, fusable_graph, int_attr, ints_attr};
 
@@ -198,24 +198,10 @@ impl EvalOp for RowQuantize {
         let mut codes = vec![0u8; xs.len() * if self.digits { 2 } else { 1 }];
         let mut scales = vec![0f32; rows];
         let mut minima = vec![0f32; rows];
+        quantise_rows(xs, d, self.digits, &mut codes, &mut scales, &mut minima);
         let mut codes_shape = shape.clone();
         if self.digits {
-            let (high, low) = codes.split_at_mut(xs.len());
-            let rows_out = high.chunks_exact_mut(d).zip(low.chunks_exact_mut(d));
-            for (r, (row, (h, l))) in xs.chunks_exact(d).zip(rows_out).enumerate() {
-                let (scale, lo) = row_scale(row, 65535.0);
-                quantise_row_digits(row, scale, lo, h, l);
-                scales[r] = scale;
-                minima[r] = lo;
-            }
             codes_shape.insert(0, 2);
-        } else {
-            for (r, (row, out)) in xs.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
-                let (scale, lo) = row_scale(row, 255.0);
-                quantise_row(row, scale, lo, out);
-                scales[r] = scale;
-                minima[r] = lo;
-            }
         }
         let mut row_shape = shape.clone();
         *row_shape.last_mut().expect("rank checked above") = 1;
@@ -438,6 +424,7 @@ impl TypedOp for RowDequantize {
 #[cfg(test)]
 mod tests {
     use super::super::int8_pattern::Fused;
+    use super::super::row_quant::{quantise_row, quantise_row_digits, row_scale};
     use super::*;
     use tract_onnx::pb;
 
