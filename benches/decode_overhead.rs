@@ -113,7 +113,7 @@ fn bench_ort(c: &mut Criterion) {
     use ort::session::builder::GraphOptimizationLevel;
     let dir = bundle_dir();
     // The raw loop runs the file as written (its cache `Concat`s): so does ferrite here, without
-    // its in-place GQA rewrite, so that the difference is ferrite's own overhead.
+    // its in-place cache rewrite, so that the difference is ferrite's own overhead.
     let mut options = BundleOptions::default().backend(BackendKind::Ort);
     options.run = options.run.ort_in_place_kv(false);
     let bundle = Bundle::open_with(&dir, &options).unwrap();

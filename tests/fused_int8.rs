@@ -6,7 +6,7 @@
 //! within [`SIXTEEN_BIT_TOLERANCE`] on the shipped GPT, whose codes are 16-bit. In step graphs
 //! (GPT, LSTM) every `MatMulInteger` also becomes `FerriteMatMulI8` (its own dot products for ≤ 4
 //! activation rows, tract's plan above): both paths are exercised here too. With the `ort`
-//! feature, ONNX Runtime's fused custom operators (runtime/src/backend/ort_int8.rs) are held to
+//! feature, ONNX Runtime's fused custom operators (runtime/src/backend/ort_ops.rs) are held to
 //! bit-identity with ONNX Runtime running the standard nodes.
 
 mod common;
@@ -212,6 +212,12 @@ fn onnx_runtime_fused_operators_are_bit_identical() {
     use ferrite_runtime::BackendKind;
     let ort = |on: bool| Options::default().backend(BackendKind::Ort).ort_fused_int8(on);
     let both = |rel: &str, inputs: &[(&str, Tensor)]| -> Vec<(String, Tensor)> {
+        // The operators really run (a refused rewrite would fall back to the file silently).
+        let rewrites =
+            ferrite_runtime::backend::ort::rewrites_for_inspection(&file(rel), &ort(true)).unwrap();
+        let matmuls = Model::open(file(rel)).unwrap().info().ops.get("MatMulInteger").copied().unwrap_or(0);
+        assert_eq!(rewrites.fused_dequantize, matmuls, "{rel}");
+        assert!(rewrites.fused_quantize > 0, "{rel}");
         let model = Model::open(file(rel)).unwrap();
         let views: Vec<_> = inputs.iter().map(|(n, t)| (*n, t.view())).collect();
         let got = model.prepare(&ort(true)).unwrap().session().unwrap().run(&views).unwrap();

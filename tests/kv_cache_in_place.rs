@@ -1,6 +1,6 @@
 //! The in-place KV caches: tract's (runtime/src/backend/tract_fuse/kv_cache.rs, the cache lives
-//! in its attention ops' state) and ONNX Runtime's (runtime/src/backend/ort_gqa.rs,
-//! GroupQueryAttention over one IO-bound buffer per layer for past and present), instead of the
+//! in its attention ops' state) and ONNX Runtime's (runtime/src/backend/ort_cache.rs, ferrite's
+//! attention operator over one IO-bound buffer per layer for past and present), instead of the
 //! file's `Concat` that rebuilds the cache at every step. These tests hold carried steps on them
 //! to the file's graph run with explicit caches, and check what a session promises around them:
 //! a failed step loses nothing, a plain run leaves the carried cache alone, and the cache read
@@ -77,6 +77,24 @@ fn decoder_plans_keep_the_cache_in_place() {
     // An LSTM (whose Scan keeps state of its own) and an encoder are left as they are.
     let lstm = plan_for_profiling(&bundle("shakespeare-lstm/int8"), &Options::default()).unwrap();
     assert_eq!(lstm.model().input_outlets().unwrap().len(), 3);
+}
+
+/// ONNX Runtime runs the rewritten graph (a refused rewrite would fall back to the file with
+/// only a log line, and every other test would still pass).
+#[cfg(feature = "ort")]
+#[test]
+fn onnx_runtime_keeps_the_cache_in_place() {
+    use ferrite_runtime::BackendKind;
+    use ferrite_runtime::backend::ort::rewrites_for_inspection;
+    let ort = Options::default().backend(BackendKind::Ort);
+    for rel in ["shakespeare-gpt/int8", "shakespeare-gpt/q4"] {
+        let rewrites = rewrites_for_inspection(&bundle(rel), &ort).unwrap();
+        assert_eq!(rewrites.in_place_layers, LAYERS, "{rel}");
+        let off = rewrites_for_inspection(&bundle(rel), &ort.clone().ort_in_place_kv(false)).unwrap();
+        assert_eq!(off.in_place_layers, 0, "{rel}");
+    }
+    let lstm = rewrites_for_inspection(&bundle("shakespeare-lstm/int8"), &ort).unwrap();
+    assert_eq!(lstm.in_place_layers, 0);
 }
 
 /// Each backend with its in-place cache, and the same backend running the file as written.

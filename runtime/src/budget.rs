@@ -15,7 +15,7 @@
 //! - every graph input and output at batch 1 and the given number of positions (symbolic dims
 //!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
 //!   For a GPT-2 bundle at its full context length this is the KV cache (four copies: past and
-//!   present, twice; the in-place caches, tract's and ONNX Runtime's (`backend/ort_gqa.rs`), hold
+//!   present, twice; the in-place caches, tract's and ONNX Runtime's (`backend/ort_cache.rs`), hold
 //!   one, in a buffer at most twice its length, so they stay within that);
 //! - a fixed allowance for the runtime, the backend's plan and intermediate activations.
 

@@ -35,7 +35,7 @@ pub struct RunFlags {
     #[arg(long)]
     pub tract_kv_concat: bool,
     /// ort only: run the file's attention and its `Concat` that rebuilds a decoder's KV cache
-    /// every step, instead of ONNX Runtime's GroupQueryAttention on a cache kept in place (the
+    /// every step, instead of ferrite's attention operator on a cache kept in place (the
     /// same outputs, to rounding). For measuring what the in-place cache buys.
     #[arg(long)]
     pub ort_kv_concat: bool,

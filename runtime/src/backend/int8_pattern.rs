@@ -2,7 +2,7 @@
 //! by two fused nodes (`ai.ferrite` domain): what both backends run instead of the ~14 (8-bit
 //! codes) or ~24 (16-bit codes as two digits) standard nodes around each `MatMulInteger` of a
 //! ferrite int8 export. tract runs the fused nodes as ops of its own (`tract_fuse.rs`), ONNX
-//! Runtime as custom operators (`ort_int8.rs`); the arithmetic both use is `row_quant.rs`.
+//! Runtime as custom operators (`ort_ops.rs`); the arithmetic both use is `row_quant.rs`.
 //!
 //! - quantise: `ReduceMin`, `ReduceMax → Sub(min) → Max(MIN_POSITIVE) → Mul(1/255)` (scale),
 //!   `Sub(x, min) → Div(scale) → Round → Cast(u8)` (codes) becomes one [`ROW_QUANTIZE`] node with

@@ -11,14 +11,16 @@ use crate::model::Model;
 use crate::tensor::{Tensor, TensorView};
 
 #[cfg(any(feature = "tract", feature = "ort"))]
+mod attend;
+#[cfg(any(feature = "tract", feature = "ort"))]
 mod int8_pattern;
 mod onnx_graph;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "ort")]
-mod ort_gqa;
+mod ort_cache;
 #[cfg(feature = "ort")]
-mod ort_int8;
+mod ort_ops;
 #[cfg(any(feature = "tract", feature = "ort"))]
 mod row_quant;
 #[cfg(feature = "tract")]
@@ -101,13 +103,13 @@ pub struct Options {
     /// rebuilds the whole cache every step (`backend/tract_fuse/kv_cache.rs`; the same outputs).
     /// On by default.
     pub tract_in_place_kv: bool,
-    /// On ONNX Runtime, keep a decoder's KV cache in place: its attention blocks run as ONNX
-    /// Runtime's `GroupQueryAttention` over one buffer per layer that past and present share (IO
+    /// On ONNX Runtime, keep a decoder's KV cache in place: its attention blocks run as one
+    /// custom operator of ferrite's over one buffer per layer that past and present share (IO
     /// binding), instead of the file's `Concat` that rebuilds the cache every step
-    /// (`backend/ort_gqa.rs`; the same outputs to rounding). On by default.
+    /// (`backend/ort_cache.rs`; the same outputs to rounding). On by default.
     pub ort_in_place_kv: bool,
     /// On ONNX Runtime, run each per-token int8 quantisation and dequantisation of a ferrite
-    /// int8 export as one custom operator of ferrite's (`backend/ort_int8.rs`) instead of the
+    /// int8 export as one custom operator of ferrite's (`backend/ort_ops.rs`) instead of the
     /// file's 14 or 24 standard nodes around each `MatMulInteger` (the same arithmetic). On by
     /// default.
     pub ort_fused_int8: bool,

@@ -18,8 +18,8 @@ use tract_onnx::pb;
 
 use super::int8_pattern::{DOMAIN, Fused, fuse_row_quantisation};
 use super::onnx_graph::{Half, PAST_LENGTH, cache_slot};
-use super::ort_gqa::{self, Geometry, GqaGraph, SEQLENS_K, TOTAL_LENGTH};
-use super::ort_int8;
+use super::ort_cache::{self, CacheGraph, Geometry, Layout};
+use super::ort_ops;
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -106,13 +106,34 @@ pub(crate) struct OrtModel {
     /// The file's inputs (a rewritten graph's own inputs follow them in the session).
     input_names: Vec<String>,
     output_names: Vec<String>,
-    /// Set when the session runs GroupQueryAttention on in-place caches (`ort_gqa.rs`).
-    gqa: Option<Arc<GqaMap>>,
+    /// Set when the session keeps a decoder's KV caches in place (`ort_cache.rs`).
+    cache: Option<Arc<CacheMap>>,
+    rewrites: Rewrites,
+}
+
+/// What ferrite's load-time rewrites changed for ONNX Runtime: all zero when the file runs as
+/// written (also when ONNX Runtime refused the rewritten graph, which is only logged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    /// Decoder layers whose KV cache ferrite's attention operator keeps in place.
+    pub in_place_layers: usize,
+    /// Per-token int8 quantisations run as ferrite's operator.
+    pub fused_quantize: usize,
+    /// Int8 dequantisations run as ferrite's operator.
+    pub fused_dequantize: usize,
+}
+
+/// The rewrites ferrite's ONNX Runtime backend applies to the file at `path` (tests and
+/// developer tools: a refused rewrite falls back silently, and this is how to see it).
+#[doc(hidden)]
+pub fn rewrites_for_inspection(path: &Path, options: &Options) -> Result<Rewrites> {
+    let model = Model::open(path)?;
+    Ok(OrtModel::prepare(&model, options)?.rewrites)
 }
 
 /// Where a decoder's KV caches went in a session that keeps them in place.
-struct GqaMap {
-    graph: GqaGraph,
+struct CacheMap {
+    graph: CacheGraph,
     /// Per file input: the layer and half a cache input stands for.
     inputs: Vec<Option<(usize, Half)>>,
     /// Per file output: the layer and half a `present_*` output stands for.
@@ -138,12 +159,12 @@ impl OrtModel {
         // it: loading from the path (not from our map) keeps that behaviour.
         let session =
             builder(env, options)?.commit_from_file(model.path()).map_err(|e| classify(model, e))?;
-        OrtModel::checked(model, session, None)
+        OrtModel::checked(model, session, None, Rewrites::default())
     }
 
     /// The file rewritten in memory for ONNX Runtime, or `None` when no rewrite applies: a
-    /// decoder step graph's attention as GroupQueryAttention on an in-place cache (`ort_gqa.rs`),
-    /// and an int8 file's per-token quantisation as ferrite's custom operators (`ort_int8.rs`).
+    /// decoder step graph's attention as ferrite's operator on an in-place cache (`ort_cache.rs`),
+    /// and an int8 file's per-token quantisation as ferrite's operators (`ort_ops.rs`).
     fn prepare_rewritten(
         model: &Model,
         options: &Options,
@@ -155,22 +176,20 @@ impl OrtModel {
             .inputs
             .iter()
             .position(|i| i.name == "input_ids" && i.shape.as_ref().is_some_and(|s| s.len() == 2));
-        let gqa = match ids {
-            Some(ids) if options.ort_in_place_kv => ort_gqa::rewrite(&mut proto).map(|graph| {
+        let cache = match ids {
+            Some(ids) if options.ort_in_place_kv => ort_cache::rewrite(&mut proto).map(|graph| {
                 let inputs = info.inputs.iter().map(|i| cache_slot(&graph.layers, &i.name)).collect();
                 let outputs = info.outputs.iter().map(|o| cache_slot(&graph.layers, &o.name)).collect();
-                GqaMap { graph, inputs, outputs, ids }
+                CacheMap { graph, inputs, outputs, ids }
             }),
             _ => None,
         };
         let fused = if options.ort_fused_int8 { fuse_row_quantisation(&mut proto) } else { Fused::default() };
         let fused_int8 = fused.quantize + fused.dequantize > 0;
-        if gqa.is_none() && !fused_int8 {
+        if cache.is_none() && !fused_int8 {
             return Ok(None);
         }
-        if fused_int8 {
-            proto.opset_import.push(pb::OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
-        }
+        proto.opset_import.push(pb::OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
         let bytes = proto.encode_to_vec();
         drop(proto);
         // A model given as bytes has no directory: ONNX Runtime is told where the external data
@@ -181,16 +200,13 @@ impl OrtModel {
         let mut builder = builder(env, options)?
             .with_config_entry("session.model_external_initializers_file_folder_path", dir)
             .map_err(|e| backend_err("configuring the session", e))?;
-        if fused_int8 {
-            let domain = ort_int8::domain().map_err(|e| backend_err("registering ferrite's operators", e))?;
-            builder = builder
-                .with_operators(domain)
-                .map_err(|e| backend_err("registering ferrite's operators", e))?;
-        }
+        let domain = ort_ops::domain().map_err(|e| backend_err("registering ferrite's operators", e))?;
+        builder =
+            builder.with_operators(domain).map_err(|e| backend_err("registering ferrite's operators", e))?;
         let session = builder.commit_from_memory(&bytes).map_err(|e| classify(model, e))?;
-        if let Some(map) = &gqa {
+        if let Some(map) = &cache {
             log::debug!(
-                "ort: {} layers keep their KV cache in place (GroupQueryAttention)",
+                "ort: {} layers keep their KV cache in place (ferrite's attention operator)",
                 map.graph.layers.len()
             );
         }
@@ -201,16 +217,26 @@ impl OrtModel {
                 fused.dequantize
             );
         }
-        OrtModel::checked(model, session, gqa.map(Arc::new)).map(Some)
+        let rewrites = Rewrites {
+            in_place_layers: cache.as_ref().map_or(0, |map| map.graph.layers.len()),
+            fused_quantize: fused.quantize,
+            fused_dequantize: fused.dequantize,
+        };
+        OrtModel::checked(model, session, cache.map(Arc::new), rewrites).map(Some)
     }
 
     /// Checks that ONNX Runtime sees the file's inputs (then the rewrite's own, if any).
-    fn checked(model: &Model, session: OrtSession, gqa: Option<Arc<GqaMap>>) -> Result<OrtModel> {
+    fn checked(
+        model: &Model,
+        session: OrtSession,
+        cache: Option<Arc<CacheMap>>,
+        rewrites: Rewrites,
+    ) -> Result<OrtModel> {
         let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
         let mut expected: Vec<&str> = model.info().inputs.iter().map(|i| i.name.as_str()).collect();
-        if gqa.is_some() {
-            expected.extend([SEQLENS_K, TOTAL_LENGTH, PAST_LENGTH]);
+        if cache.is_some() {
+            expected.push(PAST_LENGTH);
         }
         if input_names.iter().map(String::as_str).ne(expected.iter().copied()) {
             return Err(Error::InvalidModel(format!(
@@ -222,7 +248,8 @@ impl OrtModel {
             session: Arc::new(Mutex::new(session)),
             input_names: input_names[..file_inputs].to_vec(),
             output_names,
-            gqa,
+            cache,
+            rewrites,
         })
     }
 }
@@ -268,11 +295,11 @@ fn classify(model: &Model, e: ort::Error) -> Error {
 
 impl PreparedModel for OrtModel {
     fn new_state(&self) -> Result<Box<dyn BackendState>> {
-        let gqa = match &self.gqa {
+        let cache = match &self.cache {
             Some(map) => {
                 let session =
                     self.session.lock().map_err(|_| backend_err("binding", "a previous run panicked"))?;
-                Some(GqaState::new(&session, map.clone(), &self.output_names)?)
+                Some(CacheState::new(&session, map.clone(), &self.output_names)?)
             }
             None => None,
         };
@@ -281,7 +308,7 @@ impl PreparedModel for OrtModel {
             input_names: self.input_names.clone(),
             output_names: self.output_names.clone(),
             held: (0..self.input_names.len()).map(|_| None).collect(),
-            gqa,
+            cache,
         }))
     }
 }
@@ -293,17 +320,18 @@ struct OrtState {
     input_names: Vec<String>,
     output_names: Vec<String>,
     held: Vec<Option<DynValue>>,
-    /// The session's in-place KV caches, when the model keeps them (see [`GqaState`]).
-    gqa: Option<GqaState>,
+    /// The session's in-place KV caches, when the model keeps them (see [`CacheState`]).
+    cache: Option<CacheState>,
 }
 
 /// A session's in-place KV caches on ONNX Runtime: one `[B, H, capacity, D]` buffer per layer
 /// and half, bound by this state's `IoBinding` as both the `past_*` input and the `present_*`
-/// output, so GroupQueryAttention appends a step's rows where the cache lies (`ort_gqa.rs`).
+/// output, so ferrite's attention operator appends a step's rows where the cache lies
+/// (`ort_cache.rs`).
 /// The buffers double when a step would outgrow them. A failed run leaves the lengths as they
-/// were: GQA writes only at positions from the past length on, so nothing is lost.
-struct GqaState {
-    map: Arc<GqaMap>,
+/// were: the operator writes only at positions from the past length on, so nothing is lost.
+struct CacheState {
+    map: Arc<CacheMap>,
     binding: IoBinding,
     /// Where ONNX Runtime allocates the outputs that are not caches, and their names: bound
     /// again before every run (a bound output keeps the previous run's value, and its shape).
@@ -324,8 +352,8 @@ fn half_index(half: Half) -> usize {
     }
 }
 
-impl GqaState {
-    fn new(session: &OrtSession, map: Arc<GqaMap>, output_names: &[String]) -> Result<GqaState> {
+impl CacheState {
+    fn new(session: &OrtSession, map: Arc<CacheMap>, output_names: &[String]) -> Result<CacheState> {
         let err = |e: ort::Error| backend_err("binding the session's inputs and outputs", e);
         let binding = session.create_binding().map_err(err)?;
         let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
@@ -333,7 +361,7 @@ impl GqaState {
         let outputs = output_names.iter().zip(&map.outputs).filter(|(_, slot)| slot.is_none());
         let outputs = outputs.map(|(name, _)| name.clone()).collect();
         let layers = map.graph.layers.len();
-        Ok(GqaState {
+        Ok(CacheState {
             map,
             binding,
             cpu,
@@ -364,7 +392,8 @@ impl GqaState {
                     let (_, from) = old[h].extract_tensor();
                     let (_, to) = pair[h].extract_tensor_mut();
                     let dims = (geometry.batch, geometry.heads, len, geometry.head_dim);
-                    ort_gqa::copy_positions(from, old_geometry.capacity, to, geometry.capacity, dims);
+                    let from = (from, Layout::of_buffer(h, old_geometry.capacity));
+                    ort_cache::copy_positions(from, (to, Layout::of_buffer(h, geometry.capacity)), dims);
                 }
             }
             buffers.push(pair);
@@ -396,8 +425,8 @@ impl GqaState {
             return Ok(());
         }
         let capacity = match current {
-            Some((b, capacity)) if b == batch => ort_gqa::grown_capacity(capacity, needed),
-            _ => ort_gqa::grown_capacity(0, needed),
+            Some((b, capacity)) if b == batch => ort_cache::grown_capacity(capacity, needed),
+            _ => ort_cache::grown_capacity(0, needed),
         };
         let graph = &self.map.graph;
         let geometry = Geometry { batch, heads: graph.heads, capacity, head_dim: graph.head_dim };
@@ -426,7 +455,8 @@ impl GqaState {
         let capacity = self.geometry.as_ref().map_or(0, |g| g.capacity);
         let i = half_index(half);
         let (_, to) = self.buffers[layer][i].extract_tensor_mut();
-        ort_gqa::copy_positions(data, t, to, capacity, (b, h, t, d));
+        let into = (to, Layout::of_buffer(i, capacity));
+        ort_cache::copy_positions((data, Layout::Rows { capacity: t }), into, (b, h, t, d));
         self.lens[layer][i] = t;
         Ok(())
     }
@@ -439,10 +469,13 @@ impl GqaState {
     /// A dense `[B, H, T, D]` copy of a layer's cache.
     fn read(&self, at: (usize, Half)) -> Result<Tensor> {
         let shape = self.shape(at).ok_or_else(|| Error::InvalidInput("no KV cache is held yet".into()))?;
-        let g = self.geometry.as_ref().map_or(0, |g| g.capacity);
+        let capacity = self.geometry.as_ref().map_or(0, |g| g.capacity);
         let mut out = vec![0.0; shape.iter().product()];
-        let (_, from) = self.buffers[at.0][half_index(at.1)].extract_tensor();
-        ort_gqa::copy_positions(from, g, &mut out, shape[2], (shape[0], shape[1], shape[2], shape[3]));
+        let half = half_index(at.1);
+        let (_, from) = self.buffers[at.0][half].extract_tensor();
+        let from = (from, Layout::of_buffer(half, capacity));
+        let into = (&mut out[..], Layout::Rows { capacity: shape[2] });
+        ort_cache::copy_positions(from, into, (shape[0], shape[1], shape[2], shape[3]));
         Tensor::from_data(shape, TensorData::F32(out))
     }
 
@@ -482,72 +515,10 @@ impl GqaState {
                 self.geometry.as_ref().map_or(0, |g| g.batch)
             )));
         }
-        if batch > 1 && steps > 1 && past > 0 {
-            // GQA takes several new positions on a non-empty cache only for batch 1.
-            return self.run_split(session, names, inputs, carry, (past, batch, steps));
-        }
         self.run_once(session, names, inputs, held, carry, (past, batch, steps))
     }
 
-    /// [`GqaState::run`] of `S` positions as `S` single-position runs (the same causal
-    /// attention), their non-cache outputs joined along axis 1 (`[B, S, ...]`, as logits are).
-    /// A failure cuts every cache back to `past`.
-    fn run_split(
-        &mut self,
-        session: &mut OrtSession,
-        names: (&[String], &[String]),
-        inputs: &[Option<TensorView<'_>>],
-        carry: &[Option<usize>],
-        (past, batch, steps): (usize, usize, usize),
-    ) -> Result<StepOutputs> {
-        let map = self.map.clone();
-        let refuse = |why: &str| Error::InvalidInput(format!("a {steps}-token step on batch {batch}: {why}"));
-        if map.inputs.iter().enumerate().any(|(i, slot)| slot.is_none() && i != map.ids) {
-            return Err(refuse("only input_ids may be given besides the caches"));
-        }
-        if map.outputs.iter().zip(carry).any(|(slot, c)| slot.is_none() && c.is_some()) {
-            return Err(refuse("only cache outputs may be carried"));
-        }
-        let Some(Some(ids)) = inputs.get(map.ids) else { return Err(refuse("no input_ids")) };
-        let TensorDataView::I64(ids) = ids.data() else { return Err(refuse("input_ids is not i64")) };
-        // Every cache output stays in its buffer until the end.
-        let keep: Vec<Option<usize>> = map
-            .outputs
-            .iter()
-            .map(|slot| slot.and_then(|at| map.inputs.iter().position(|i| *i == Some(at))))
-            .collect();
-        let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); names.1.len()];
-        for i in 0..steps {
-            let column: Vec<i64> = (0..batch).map(|b| ids[b * steps + i]).collect();
-            let column = Tensor::new(vec![batch, 1], column)?;
-            let mut step: Vec<Option<TensorView<'_>>> = vec![None; inputs.len()];
-            step[map.ids] = Some(column.view());
-            match self.run_once(session, names, &step, &[], &keep, (past + i, batch, 1)) {
-                Ok((outputs, _)) => {
-                    for (j, t) in outputs.into_iter().enumerate() {
-                        if let Some(t) = t {
-                            parts[j].push(t);
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.lens.iter_mut().for_each(|l| *l = [past; 2]);
-                    return Err(e);
-                }
-            }
-        }
-        let mut returned = vec![None; names.1.len()];
-        for (j, slot) in map.outputs.iter().enumerate() {
-            returned[j] = match (slot, carry.get(j).copied().flatten()) {
-                (None, _) => Some(join_positions(&parts[j], batch)?),
-                (Some(at), None) => Some(self.read(*at)?),
-                (Some(_), Some(_)) => None,
-            };
-        }
-        Ok((returned, Vec::new()))
-    }
-
-    /// One GQA run of `steps` positions at `past`.
+    /// One run of `steps` positions at `past`.
     fn run_once(
         &mut self,
         session: &mut OrtSession,
@@ -560,8 +531,6 @@ impl GqaState {
         let map = self.map.clone();
         let (input_names, output_names) = names;
         let total = past + steps;
-        let total_i32 = i32::try_from(total)
-            .map_err(|_| Error::InvalidInput(format!("{total} positions do not fit GroupQueryAttention")))?;
         self.reserve(batch, total.max(1), past)?;
         let err = |e: ort::Error| backend_err("binding a step's inputs", e);
         for (i, (name, input)) in input_names.iter().zip(inputs).enumerate() {
@@ -573,11 +542,7 @@ impl GqaState {
                 None => self.binding.bind_input(name.as_str(), held_slot(held, i)?).map_err(err)?,
             }
         }
-        let seqlens = OrtTensor::from_array((vec![batch as i64], vec![total_i32 - 1; batch])).map_err(err)?;
-        let total_value = OrtTensor::from_array((Vec::<i64>::new(), vec![total_i32])).map_err(err)?;
         let past_value = OrtTensor::from_array((Vec::<i64>::new(), vec![past as i64])).map_err(err)?;
-        self.binding.bind_input(SEQLENS_K, &seqlens).map_err(err)?;
-        self.binding.bind_input(TOTAL_LENGTH, &total_value).map_err(err)?;
         self.binding.bind_input(PAST_LENGTH, &past_value).map_err(err)?;
         for name in &self.outputs {
             self.binding.bind_output_to_device(name.as_str(), &self.cpu).map_err(err)?;
@@ -622,24 +587,6 @@ impl GqaState {
 /// A run's outputs in the model's order (`None` for carried ones), and the non-cache outputs to
 /// hold for the next run (input index, value).
 type StepOutputs = (Vec<Option<Tensor>>, Vec<(usize, DynValue)>);
-
-/// Joins `[B, 1, ...]` f32 tensors along axis 1.
-fn join_positions(parts: &[Tensor], batch: usize) -> Result<Tensor> {
-    let Some(first) = parts.first() else { return Err(backend_err("joining positions", "no output")) };
-    let row: usize = first.shape().iter().skip(2).product();
-    let mut data = Vec::with_capacity(batch * parts.len() * row);
-    for b in 0..batch {
-        for part in parts {
-            let TensorData::F32(values) = part.data() else {
-                return Err(backend_err("joining positions", "an output is not f32"));
-            };
-            data.extend_from_slice(&values[b * row..][..row]);
-        }
-    }
-    let mut shape = first.shape().to_vec();
-    shape[1] = parts.len();
-    Tensor::from_data(shape, TensorData::F32(data))
-}
 
 /// An owned ONNX Runtime tensor with a copy of `view`'s data.
 fn to_ort_owned(view: &TensorView<'_>) -> Result<DynValue> {
@@ -704,17 +651,17 @@ impl BackendState for OrtState {
         inputs: &[Option<TensorView<'_>>],
         carry: &[Option<usize>],
     ) -> Result<Vec<Option<Tensor>>> {
-        if let Some(gqa) = &mut self.gqa {
+        if let Some(cache) = &mut self.cache {
             let carries_cache =
-                gqa.map.inputs.iter().zip(inputs).any(|(slot, input)| slot.is_some() && input.is_none());
+                cache.map.inputs.iter().zip(inputs).any(|(slot, input)| slot.is_some() && input.is_none());
             let mut session =
                 self.session.lock().map_err(|_| backend_err("running", "a previous run panicked"))?;
             let names = (self.input_names.as_slice(), self.output_names.as_slice());
             let (returned, kept) = if carries_cache {
-                gqa.run(&mut session, names, inputs, &self.held, carry)?
+                cache.run(&mut session, names, inputs, &self.held, carry)?
             } else {
                 // A run that carries no cache must leave the session's caches alone.
-                let mut fresh = GqaState::new(&session, gqa.map.clone(), &self.output_names)?;
+                let mut fresh = CacheState::new(&session, cache.map.clone(), &self.output_names)?;
                 fresh.run(&mut session, names, inputs, &self.held, carry)?
             };
             drop(session);
@@ -758,19 +705,19 @@ impl BackendState for OrtState {
     }
 
     fn hold(&mut self, input: usize, value: &TensorView<'_>) -> Result<()> {
-        if let Some(gqa) = &mut self.gqa
-            && let Some(at) = gqa.map.inputs.get(input).copied().flatten()
+        if let Some(cache) = &mut self.cache
+            && let Some(at) = cache.map.inputs.get(input).copied().flatten()
         {
-            return gqa.load(at, value);
+            return cache.load(at, value);
         }
         set_held(&mut self.held, input, to_ort_owned(value)?)
     }
 
     fn held_shape(&self, input: usize) -> Option<Vec<usize>> {
-        if let Some(gqa) = &self.gqa
-            && let Some(at) = gqa.map.inputs.get(input).copied().flatten()
+        if let Some(cache) = &self.cache
+            && let Some(at) = cache.map.inputs.get(input).copied().flatten()
         {
-            return gqa.shape(at);
+            return cache.shape(at);
         }
         let value = self.held.get(input)?.as_ref()?;
         match value.dtype() {
@@ -780,10 +727,10 @@ impl BackendState for OrtState {
     }
 
     fn held(&self, input: usize) -> Result<Tensor> {
-        if let Some(gqa) = &self.gqa
-            && let Some(at) = gqa.map.inputs.get(input).copied().flatten()
+        if let Some(cache) = &self.cache
+            && let Some(at) = cache.map.inputs.get(input).copied().flatten()
         {
-            return gqa.read(at);
+            return cache.read(at);
         }
         from_ort(held_slot(&self.held, input)?)
     }

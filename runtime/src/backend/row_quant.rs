@@ -1,5 +1,5 @@
 //! The arithmetic of ferrite's fused int8 quantisation (`int8_pattern.rs`), shared by tract's
-//! ops (`tract_fuse.rs`) and ONNX Runtime's custom operators (`ort_int8.rs`). Each function
+//! ops (`tract_fuse.rs`) and ONNX Runtime's custom operators (`ort_ops.rs`). Each function
 //! computes exactly what the standard nodes it replaces compute, in the same order and with the
 //! same f32 operations (division, not a multiplied reciprocal; ties-to-even rounding).
 

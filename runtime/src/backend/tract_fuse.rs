@@ -42,7 +42,7 @@ use tract_onnx::tract_hir::internal::{
 
 use super::int8_pattern::{DOMAIN, Match, apply};
 pub(crate) use super::int8_pattern::{ROW_DEQUANTIZE, ROW_QUANTIZE, fuse_row_quantisation};
-use super::row_quant::{MAGIC, dequantise_rows, quantise_rows};
+use super::row_quant::{dequantise_rows, quantise_rows};
 
 use super::onnx_graph::{GraphIndex, fusable_graph, int_attr, ints_attr};
 

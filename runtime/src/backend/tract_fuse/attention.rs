@@ -24,12 +24,12 @@
 use tract_onnx::pb::{self, GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder, linalg::general_mat_mul};
 use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
 };
 
 use super::{DOMAIN, GraphIndex, Match, ints_attr, owned};
+use crate::backend::attend::{Rows, attend_head};
 
 /// Op type of the fused attention node (registered in tract's ONNX op registry only).
 pub(crate) const ATTENTION: &str = "FerriteAttention";
@@ -260,141 +260,6 @@ pub(super) fn broadcast_strides(shape: &[usize], target: [usize; 4]) -> TractRes
     Ok(strides)
 }
 
-/// Dot product with eight independent partial sums, so the compiler emits packed multiplies.
-/// Always inlined, so a caller compiled for AVX2 gets it in AVX2 too.
-#[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `e^x` to ~1 ulp, branch-free so loops over it vectorise (libm's `expf` is a call per element,
-/// and its underflow path for masked scores is slower still). `x` is clamped to [−86, 88]: below,
-/// the result is e^−86 ≈ 4e−38 instead of a denormal or 0 — nothing a softmax can tell apart.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that k·LN2_HI is exact for the k used here.
-    const LN2_HI: f32 = 0.693_359_4; // 0.693359375: 9 significant bits
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-86.0, 88.0);
-    // k = round(x / ln 2) with the 1.5·2²³ trick: its integer sits in the low mantissa bits.
-    let shifted = x * LOG2E + super::MAGIC;
-    let k = shifted - super::MAGIC;
-    let k_int = shifted.to_bits() as i32 - super::MAGIC.to_bits() as i32;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    // e^r on |r| ≤ ln2/2 by its Taylor series to r⁶ (error < 2e−7 relative).
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k_int + 127) as u32) << 23)
-}
-
-/// In-place softmax of one row of scores; eight lanes for the max and the sum so that both
-/// passes vectorise.
-#[inline(always)]
-pub(super) fn softmax(row: &mut [f32]) {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-        }
-    }
-    let max =
-        chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            c[i] = exp(c[i] - max);
-            sums[i] += c[i];
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for v in chunks.into_remainder() {
-        *v = exp(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Where the keys (or values) of one attention head sit: row `t` (`D` floats) starts at
-/// `data[base + t · stride]`. Head-major `[B, H, T, D]` tensors have `stride = D`; ferrite's
-/// in-place KV cache (`kv_cache.rs`) is position-major, `[T, B, H, D]`, so `stride = B · H · D`.
-#[derive(Clone, Copy)]
-pub(super) struct Rows<'a> {
-    pub data: &'a [f32],
-    pub base: usize,
-    pub stride: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn row(&self, t: usize, d: usize) -> &'a [f32] {
-        &self.data[self.base + t * self.stride..][..d]
-    }
-
-    /// The `t × d` matrix of the first `t` rows, for ndarray's matrix product.
-    fn matrix(&self, t: usize, d: usize) -> TractResult<ArrayView2<'a, f32>> {
-        if t == 0 {
-            return Ok(ArrayView2::from_shape((0, d), &[][..])?);
-        }
-        Ok(ArrayView2::from_shape((t, d).strides((self.stride, 1)), &self.data[self.base..])?)
-    }
-}
-
-/// One (batch, head) of attention: `s` query rows (`q`, contiguous `s × d`) against the first
-/// `t` rows of `keys` and `values`; `bias_at(key, query)` is the additive bias. Writes the `s`
-/// context rows to `out`, `row_stride` floats apart. `probs` is scratch of at least `s · t`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attend_head(
-    q: &[f32],
-    keys: Rows<'_>,
-    values: Rows<'_>,
-    (s, t, d): (usize, usize, usize),
-    scale: f32,
-    bias_at: impl Fn(usize, usize) -> f32,
-    probs: &mut [f32],
-    out: &mut [f32],
-    row_stride: usize,
-) -> TractResult<()> {
-    let probs = &mut probs[..s * t];
-    if s == 1 {
-        // A decode step: one pass over the cache for the scores, one for the context.
-        for (ti, p) in probs.iter_mut().enumerate() {
-            *p = dot(keys.row(ti, d), q) * scale + bias_at(ti, 0);
-        }
-        softmax(probs);
-        let row = &mut out[..d];
-        row.iter_mut().for_each(|o| *o = 0.0);
-        for (ti, &p) in probs.iter().enumerate() {
-            row.iter_mut().zip(values.row(ti, d)).for_each(|(o, &x)| *o += p * x);
-        }
-        return Ok(());
-    }
-    // A prefill: Q·Kᵀ and probs·V as matrix products.
-    let qm = ArrayView2::from_shape((s, d), q)?;
-    let km = keys.matrix(t, d)?;
-    let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
-    general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
-    for (si, row) in probs.chunks_exact_mut(t.max(1)).take(s).enumerate() {
-        row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
-        softmax(row);
-    }
-    let pm = ArrayView2::from_shape((s, t), &probs[..])?;
-    let vm = values.matrix(t, d)?;
-    let mut om = ArrayViewMut2::from_shape((s, d).strides((row_stride, 1)), out)?;
-    general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
-    Ok(())
-}
-
 impl EvalOp for Attention {
     op_out_of_plan!();
 
@@ -461,44 +326,5 @@ mod tests {
         assert_eq!(broadcast_strides(&[5, 3], [1, 4, 5, 3]).unwrap(), [0, 0, 3, 1]);
         assert!(broadcast_strides(&[6, 3], [1, 4, 5, 3]).is_err());
         assert!(broadcast_strides(&[1, 1, 1, 5, 3], [1, 4, 5, 3]).is_err());
-    }
-
-    #[test]
-    fn dot_and_softmax() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
-        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
-        let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - want).abs() < 1e-4);
-        let mut row = [1.0, 2.0, f32::MIN, 3.0];
-        softmax(&mut row);
-        assert!(row[2] < 1e-37);
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(row[3] > row[1] && row[1] > row[0]);
-        // Rows longer than a lane block, against the textbook formula.
-        let scores: Vec<f32> = (0..37).map(|i| ((i * 7919) % 61) as f32 * 0.37 - 11.0).collect();
-        let mut row = scores.clone();
-        softmax(&mut row);
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f64 = scores.iter().map(|&v| ((v - max) as f64).exp()).sum();
-        for (&p, &v) in row.iter().zip(&scores) {
-            let want = ((v - max) as f64).exp() / sum;
-            assert!((p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{p} vs {want}");
-        }
-    }
-
-    #[test]
-    fn exp_is_accurate_and_never_denormal() {
-        let mut worst = 0f64;
-        for i in -85_900..=87_900 {
-            let x = i as f32 * 1e-3;
-            let want = (x as f64).exp();
-            worst = worst.max(((exp(x) as f64) - want).abs() / want);
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        for x in [-87.0, -1e3, f32::MIN, f32::NEG_INFINITY] {
-            let y = exp(x);
-            assert!(y.is_normal() && y < 1e-37, "exp({x}) = {y}");
-        }
-        assert_eq!(exp(0.0), 1.0);
     }
 }

@@ -31,10 +31,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{Expansion, Solver, TensorProxy};
 
 use super::DOMAIN;
-use super::attention::{
-    ATTENTION, Rows, attend_head, attention_output_facts, attention_rules, broadcast_strides, dot, softmax,
-};
+use super::attention::{ATTENTION, attention_output_facts, attention_rules, broadcast_strides};
 use super::owned;
+use crate::backend::attend::{Rows, attend_head, dot, softmax};
 use crate::backend::onnx_graph::{
     GraphIndex, ONNX_INT64, fusable_graph, int_attr, past_length_gather, past_length_node, remove_dead_nodes,
     value_info,

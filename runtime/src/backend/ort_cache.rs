@@ -1,45 +1,49 @@
 //! An in-place KV cache for ONNX Runtime: at load, a ferrite-exported decoder's attention blocks
-//! become ONNX Runtime's own `com.microsoft.GroupQueryAttention`, whose past and present caches
-//! are one buffer per layer that the backend binds by IO binding (`ort.rs`, `GqaState`).
+//! become one custom operator of ferrite's, `ai.ferrite.FerriteInPlaceAttention` (`ort_ops.rs`),
+//! whose past and present caches are one buffer per layer that the backend binds by IO binding
+//! (`ort.rs`, `CacheState`).
 //!
 //! The exported file keeps standard ONNX (issue 3: both backends run it as written), and in it
 //! every decode step `Concat`s the whole cache with the step's keys and values into a fresh
 //! `present_*` tensor: ONNX values cannot alias, so the cache is rewritten every step and a step
-//! at position 200 cost 1.38–1.62× a step at position 10 on ONNX Runtime (BENCHMARKS.md). GQA in
-//! its `past_present_share_buffer` mode (chosen by ONNX Runtime when the past and present tensors
-//! are the same memory) writes a step's rows at the past length and reads the earlier rows where
-//! they lie, with the causal mask built in — what ONNX Runtime GenAI does.
+//! at position 200 cost 1.38–1.62× a step at position 10 on ONNX Runtime (BENCHMARKS.md). The
+//! operator is given the same buffer as its `past_*` input and its `present_*` output (ONNX
+//! Runtime hands a kernel the caller's pre-bound output buffer), writes a step's rows at the past
+//! length and reads the earlier rows where they lie, with the causal mask built in — the
+//! arithmetic of tract's fused attention (`attend.rs`). Sessions 9 and 10 used ONNX Runtime's
+//! own `com.microsoft.GroupQueryAttention` in its shared-buffer mode for this; its CPU kernel
+//! grows by ~0.09 µs per position and layer (MLAS products packed per head), which made the int8
+//! step at position 200 cost 1.31–1.53× the step at position 10 (docs/runtime.md, "Session 11").
 //!
 //! Per layer the exporter writes (exporter/src/arch/gpt2.rs), with `q`, `k`, `v` the `[B, S, H·D]`
 //! thirds of the fused QKV projection:
 //! `Concat(past_key, Transpose(Reshape(k, [0, 0, H, D]), 0 2 1 3), axis 2)` → `present_key` (and
 //! the same for values), `MatMul(present_key, Transpose(q heads))` → `Mul(scale)` → `+ causal
 //! bias` → `Softmax` → `MatMul(Transpose(present_value), probs)` → `Transpose(0 3 1 2)` →
-//! `Reshape([0, 0, H·D])`. [`rewrite`] replaces that last `Reshape` by one GQA node
-//! `(q, k, v, past_key, past_value, seqlens_k, total_sequence_length) → (context, present_key,
-//! present_value)` and drops the `Concat`s; the old attention nodes and the mask are then dead and
-//! removed. The positions read the past length from `Shape(past_key.0)`, which is now a buffer's
-//! capacity: that `Gather` becomes the input [`PAST_LENGTH`]. All or nothing: any layer or cache
-//! reader outside the pattern leaves the graph untouched (the backend then runs the file).
+//! `Reshape([0, 0, H·D])`. [`rewrite`] replaces that last `Reshape` by one operator node
+//! `(q, k, v, past_key, past_value, past_length) → (context, present_key, present_value)` and
+//! drops the `Concat`s; the old attention nodes and the mask are then dead and removed. The
+//! positions read the past length from `Shape(past_key.0)`, which is now a buffer's capacity:
+//! that `Gather` becomes the input [`PAST_LENGTH`], which the operator reads too. All or nothing:
+//! any layer or cache reader outside the pattern leaves the graph untouched (the backend then
+//! runs the file).
 
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
+use super::attend::{KEY_BLOCK, key_offset};
+use super::int8_pattern::DOMAIN;
 use super::onnx_graph::{
     CacheNames, GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, ints_attr, past_length_gather,
     past_length_node, remove_dead_nodes, value_info,
 };
 
-/// ONNX `TensorProto.DataType` code of int32 (GQA's length inputs).
-const ONNX_INT32: i32 = 6;
-
-/// `[B]` i32: each sequence's total length minus one (GQA's `seqlens_k`).
-pub(crate) const SEQLENS_K: &str = "ferrite.seqlens_k";
-/// i32 scalar: the past length plus the step's length (GQA's `total_sequence_length`).
-pub(crate) const TOTAL_LENGTH: &str = "ferrite.total_sequence_length";
+/// Op type of the operator (registered with ONNX Runtime only; tract's in-place cache is its own
+/// op, `tract_fuse/kv_cache.rs`).
+pub(crate) const IN_PLACE_ATTENTION: &str = "FerriteInPlaceAttention";
 
 /// What the rewrite found: the layers in order and the cache geometry.
 #[derive(Debug, Clone)]
-pub(crate) struct GqaGraph {
+pub(crate) struct CacheGraph {
     pub layers: Vec<CacheNames>,
     pub heads: usize,
     pub head_dim: usize,
@@ -87,7 +91,8 @@ fn reader<'g>(
     found.next().is_none().then(|| (i, &g.node[i]))
 }
 
-/// One matched layer: the `Concat` indices to drop, the context `Reshape` to replace and its GQA.
+/// One matched layer: the `Concat` indices to drop, the context `Reshape` to replace and its
+/// operator node.
 struct Layer {
     concats: [usize; 2],
     context: usize,
@@ -170,22 +175,13 @@ fn match_layer(ix: &GraphIndex<'_>, g: &GraphProto, ck: usize) -> Option<Layer> 
         present_value: present_value.clone(),
     };
     let node = NodeProto {
-        name: format!("{}.gqa", context.name),
-        op_type: "GroupQueryAttention".into(),
-        domain: "com.microsoft".into(),
-        input: vec![
-            q,
-            k,
-            v,
-            names.past_key.clone(),
-            names.past_value.clone(),
-            SEQLENS_K.into(),
-            TOTAL_LENGTH.into(),
-        ],
+        name: format!("{}.in_place_attention", context.name),
+        op_type: IN_PLACE_ATTENTION.into(),
+        domain: DOMAIN.into(),
+        input: vec![q, k, v, names.past_key.clone(), names.past_value.clone(), PAST_LENGTH.into()],
         output: vec![context.output[0].clone(), names.present_key.clone(), names.present_value.clone()],
         attribute: vec![
             attr_int("num_heads", hq),
-            attr_int("kv_num_heads", hq),
             pb::AttributeProto {
                 name: "scale".into(),
                 r#type: pb::attribute_proto::AttributeType::Float as i32,
@@ -198,10 +194,11 @@ fn match_layer(ix: &GraphIndex<'_>, g: &GraphProto, ck: usize) -> Option<Layer> 
     Some(Layer { concats: [ck, value_concat], context: context_i, node, names, heads: hq, head_dim: dq })
 }
 
-/// Rewrites a ferrite-exported decoder step graph for GQA with an in-place cache (see the module
-/// docs); returns the layers found in layer order (by their `past_key` names' order among the
-/// graph inputs), or `None` with the graph untouched.
-pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
+/// Rewrites a ferrite-exported decoder step graph for an in-place cache (see the module docs);
+/// returns the layers found in layer order (by their `past_key` names' order among the graph
+/// inputs), or `None` with the graph untouched. The caller registers ferrite's operators and
+/// imports their domain.
+pub(crate) fn rewrite(model: &mut ModelProto) -> Option<CacheGraph> {
     let graph = fusable_graph(model)?;
     let index = GraphIndex::new(graph);
     let layers: Vec<Layer> = (0..graph.node.len()).filter_map(|i| match_layer(&index, graph, i)).collect();
@@ -253,11 +250,8 @@ pub(crate) fn rewrite(model: &mut ModelProto) -> Option<GqaGraph> {
         !remove[i - 1]
     });
     remove_dead_nodes(graph);
-    graph.input.push(value_info(SEQLENS_K, ONNX_INT32, &[Err("batch")]));
-    graph.input.push(value_info(TOTAL_LENGTH, ONNX_INT32, &[]));
     graph.input.push(value_info(PAST_LENGTH, ONNX_INT64, &[]));
-    model.opset_import.push(pb::OperatorSetIdProto { domain: "com.microsoft".into(), version: 1 });
-    Some(GqaGraph { layers: found, heads: heads as usize, head_dim: head_dim as usize })
+    Some(CacheGraph { layers: found, heads: heads as usize, head_dim: head_dim as usize })
 }
 
 /// The geometry of a session's cache buffers: `[B, H, capacity, D]` per layer and half, of which
@@ -278,25 +272,67 @@ impl Geometry {
     }
 }
 
-/// Copies the first `len` positions of a `[B, H, from_cap, D]` buffer into a `[B, H, to_cap, D]`
-/// one (`len ≤ both capacities`); `from` may be a dense `[B, H, len, D]` tensor (`from_cap = len`).
+/// How one head's positions lie in a cache buffer, or in a dense `[B, H, T, D]` tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `capacity` rows of `D` floats: the values' buffers, and dense tensors (`capacity = T`).
+    Rows { capacity: usize },
+    /// The keys' buffers: blocks of positions, each `[D][KEY_BLOCK]` (`attend::key_offset`),
+    /// `capacity` a multiple of the block.
+    KeyBlocks { capacity: usize },
+}
+
+impl Layout {
+    /// The layout of a buffer of `capacity` positions for the keys (`half` 0) or values (1).
+    pub(crate) fn of_buffer(half: usize, capacity: usize) -> Layout {
+        if half == 0 { Layout::KeyBlocks { capacity } } else { Layout::Rows { capacity } }
+    }
+
+    fn capacity(self) -> usize {
+        match self {
+            Layout::Rows { capacity } | Layout::KeyBlocks { capacity } => capacity,
+        }
+    }
+
+    fn offset(self, t: usize, j: usize, d: usize) -> usize {
+        match self {
+            Layout::Rows { .. } => t * d + j,
+            Layout::KeyBlocks { .. } => key_offset(t, j, d),
+        }
+    }
+}
+
+/// Copies the first `len` positions of `B · H` heads from one layout to another (`len ≤ both
+/// capacities`), e.g. a dense `[B, H, len, D]` tensor (`Rows { capacity: len }`) into a buffer.
 pub(crate) fn copy_positions(
-    from: &[f32],
-    from_cap: usize,
-    to: &mut [f32],
-    to_cap: usize,
-    (batch, heads, len, head_dim): (usize, usize, usize, usize),
+    (from, from_layout): (&[f32], Layout),
+    (to, to_layout): (&mut [f32], Layout),
+    (batch, heads, len, d): (usize, usize, usize, usize),
 ) {
-    let n = len * head_dim;
+    let (from_len, to_len) = (from_layout.capacity() * d, to_layout.capacity() * d);
     for bh in 0..batch * heads {
-        to[bh * to_cap * head_dim..][..n].copy_from_slice(&from[bh * from_cap * head_dim..][..n]);
+        let (src, dst) = (&from[bh * from_len..][..from_len], &mut to[bh * to_len..][..to_len]);
+        match (from_layout, to_layout) {
+            (Layout::Rows { .. }, Layout::Rows { .. }) => dst[..len * d].copy_from_slice(&src[..len * d]),
+            (Layout::KeyBlocks { .. }, Layout::KeyBlocks { .. }) => {
+                let n = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d;
+                dst[..n].copy_from_slice(&src[..n]);
+            }
+            _ => {
+                for t in 0..len {
+                    for j in 0..d {
+                        dst[to_layout.offset(t, j, d)] = src[from_layout.offset(t, j, d)];
+                    }
+                }
+            }
+        }
     }
 }
 
 /// The capacity to allocate for `needed` positions when `current` is too small: doubling (so
-/// growing costs amortised O(1) per step), at least 64.
+/// growing costs amortised O(1) per step), at least 64, a whole number of key blocks.
 pub(crate) fn grown_capacity(current: usize, needed: usize) -> usize {
-    needed.max(current.saturating_mul(2)).max(64)
+    needed.max(current.saturating_mul(2)).max(64).next_multiple_of(KEY_BLOCK)
 }
 
 #[cfg(test)]
@@ -320,15 +356,14 @@ mod tests {
             assert_eq!(found.layers[3].past_value, "past_value.3");
             let g = model.graph.as_ref().unwrap();
             let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
-            assert_eq!(count("GroupQueryAttention"), 4, "{rel}");
+            assert_eq!(count(IN_PLACE_ATTENTION), 4, "{rel}");
             assert_eq!(count("Softmax"), 0, "{rel}: the old attention is gone");
             assert!(g.node.iter().all(|n| {
-                n.input.iter().all(|i| !i.starts_with("past_") || n.op_type == "GroupQueryAttention")
+                n.input.iter().all(|i| !i.starts_with("past_") || n.op_type == IN_PLACE_ATTENTION)
             }));
             assert!(g.node.len() < before - 4 * 10, "{rel}: {before} → {} nodes", g.node.len());
             let inputs: Vec<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
-            assert_eq!(inputs[inputs.len() - 3..], [SEQLENS_K, TOTAL_LENGTH, PAST_LENGTH]);
-            assert!(model.opset_import.iter().any(|o| o.domain == "com.microsoft"));
+            assert_eq!(inputs.last(), Some(&PAST_LENGTH));
         }
         // An LSTM (no attention) and an encoder (query-major attention, no cache).
         for rel in ["models/shakespeare-lstm/int8", "fuzz/fixtures/bert-int8"] {
@@ -340,23 +375,32 @@ mod tests {
     }
 
     #[test]
-    fn copies_positions_between_capacities() {
+    fn copies_positions_between_layouts() {
         let (b, h, d) = (2, 3, 4);
         let dense: Vec<f32> = (0..b * h * 5 * d).map(|i| i as f32).collect();
-        let mut wide = vec![-1.0; b * h * 8 * d];
-        copy_positions(&dense, 5, &mut wide, 8, (b, h, 5, d));
-        // Batch 1, head 2, position 4 sits at ((1·3 + 2)·8 + 4)·4 in the wide buffer.
-        assert_eq!(wide[((3 + 2) * 8 + 4) * d], dense[((3 + 2) * 5 + 4) * d]);
-        assert_eq!(wide[((3 + 2) * 8 + 5) * d], -1.0, "positions past len stay untouched");
-        let mut back = vec![0.0; dense.len()];
-        copy_positions(&wide, 8, &mut back, 5, (b, h, 5, d));
-        assert_eq!(back, dense);
+        let rows = Layout::Rows { capacity: 5 };
+        for wide in [Layout::Rows { capacity: 16 }, Layout::KeyBlocks { capacity: 16 }] {
+            let mut buffer = vec![-1.0; b * h * 16 * d];
+            copy_positions((&dense, rows), (&mut buffer, wide), (b, h, 5, d));
+            // Batch 1, head 2, position 4, element 3.
+            let head = (3 + 2) * 16 * d;
+            assert_eq!(buffer[head + wide.offset(4, 3, d)], dense[((3 + 2) * 5 + 4) * d + 3], "{wide:?}");
+            assert_eq!(buffer[head + wide.offset(5, 0, d)], -1.0, "{wide:?}: positions past len stay");
+            // Into a larger buffer of the same layout (growing), and back out.
+            let larger = Layout::of_buffer(usize::from(wide == Layout::Rows { capacity: 16 }), 24);
+            assert_eq!(std::mem::discriminant(&larger), std::mem::discriminant(&wide));
+            let mut grown = vec![0.0; b * h * 24 * d];
+            copy_positions((&buffer, wide), (&mut grown, larger), (b, h, 5, d));
+            let mut back = vec![0.0; dense.len()];
+            copy_positions((&grown, larger), (&mut back, rows), (b, h, 5, d));
+            assert_eq!(back, dense, "{wide:?}");
+        }
     }
 
     #[test]
     fn capacity_doubles_from_64() {
         assert_eq!(grown_capacity(0, 9), 64);
         assert_eq!(grown_capacity(64, 65), 128);
-        assert_eq!(grown_capacity(64, 300), 300);
+        assert_eq!(grown_capacity(64, 300), 304, "a whole number of key blocks");
     }
 }
