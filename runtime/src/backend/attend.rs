@@ -1,7 +1,7 @@
 //! The arithmetic of ferrite's fused attention, shared by tract's ops (`tract_fuse/attention.rs`,
 //! `tract_fuse/kv_cache.rs`) and ONNX Runtime's custom operator (`ort_ops.rs`): a vectorisable
 //! dot product, `e^x` and softmax, one (batch, head) of attention over rows that lie anywhere in a
-//! buffer ([`attend_head`]), and [`AttentionStep`], a decoder step over an in-place cache of
+//! buffer ([`attend_head`]), and [`cached_attention`], a decoder step over an in-place cache of
 //! fixed capacity.
 //!
 //! The order of the arithmetic is the exported graph's (scaled dot products, then the additive
@@ -155,11 +155,11 @@ pub(crate) fn attend_head(
 }
 
 #[cfg(feature = "ort")]
-/// Positions per block of a key cache in [`AttentionStep`]'s layout.
+/// Positions per block of a key cache in [`cached_attention`]'s layout.
 pub(crate) const KEY_BLOCK: usize = 8;
 
 #[cfg(feature = "ort")]
-/// Where element `j` of key `t` sits within one head's keys in [`AttentionStep`]'s layout:
+/// Where element `j` of key `t` sits within one head's keys in [`cached_attention`]'s layout:
 /// blocks of [`KEY_BLOCK`] positions, each `[D][KEY_BLOCK]` (position-minor), so the scores of
 /// eight keys are eight lanes of plain vector multiply-adds, with no sum across lanes per key.
 #[inline(always)]
@@ -267,7 +267,7 @@ fn context_fixed<const C: usize, const FUSED: bool>(probs: &[f32], values: &[f32
 }
 
 #[cfg(feature = "ort")]
-/// The shapes of one [`AttentionStep`] call: `batch` sequences of `steps` new positions,
+/// The shapes of one [`cached_attention`] call: `batch` sequences of `steps` new positions,
 /// `heads` heads of `head_dim`, caches of `capacity` positions holding `past` of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CacheDims {
@@ -292,94 +292,108 @@ impl CacheDims {
     }
 }
 
+#[cfg(feature = "ort")]
 /// A decoder layer's attention step on an in-place cache of fixed capacity (a multiple of
 /// [`KEY_BLOCK`]), as ONNX Runtime runs it (`ort_ops.rs`). Per (batch, head) the cache holds
-/// `capacity · D` floats: the keys in blocks ([`key_offset`]), the values as rows.
-/// [`AttentionStep::run`] writes the step's keys and values (`k`, `v`, `[B, S, H·D]` as the
-/// projections give them) at positions `past..past + S`, then lets each query row (`q`,
-/// `[B, S, H·D]`) at position `past + i` attend to positions `0..=past + i` (causal: the masked
-/// keys are not visited at all), and writes the context, `[B, S, H·D]`, to `out`. Positions
-/// before `past` are only read, so a failed step loses nothing; a prefill computes each row as a
-/// decode step would, so both agree exactly. Compiled for AVX2 with FMA where the CPU has them;
-/// on aarch64 FMA is always there.
-#[cfg(feature = "ort")]
-pub(crate) struct AttentionStep<'a> {
-    pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-    pub keys: &'a mut [f32],
-    pub values: &'a mut [f32],
-    pub dims: CacheDims,
-    pub scale: f32,
-    pub out: &'a mut [f32],
+/// `capacity · D` floats: the keys in blocks ([`key_offset`]), the values as rows. Writes the
+/// step's keys and values (`k`, `v`, `[B, S, H·D]` as the projections give them) at positions
+/// `past..past + S`, then lets each query row (`q`, `[B, S, H·D]`) at position `past + i` attend
+/// to positions `0..=past + i` (causal: the masked keys are not visited at all). Writes the
+/// context, `[B, S, H·D]`, to `out`. Positions before `past` are only read, so a failed step
+/// loses nothing; a prefill computes each row as a decode step would, so both agree exactly.
+/// Compiled for AVX2 with FMA where the CPU has them; on aarch64 FMA is always there.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cached_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: &mut [f32],
+    values: &mut [f32],
+    dims: CacheDims,
+    scale: f32,
+    out: &mut [f32],
+) -> TractResult<()> {
+    let CacheDims { steps, capacity, past, .. } = dims;
+    tract_onnx::tract_core::internal::ensure!(
+        [q.len(), k.len(), v.len(), out.len()] == [dims.step_len(); 4]
+            && keys.len() == dims.cache_len()
+            && values.len() == dims.cache_len()
+            && past + steps <= capacity
+            && capacity % KEY_BLOCK == 0,
+        "cached attention: {dims:?} does not fit Q {}, K {}, V {}, caches {} and {}, output {}",
+        q.len(),
+        k.len(),
+        v.len(),
+        keys.len(),
+        values.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: `cached_attention_avx2` only requires AVX2 and FMA, which the line above found
+        // on this CPU.
+        unsafe { cached_attention_avx2(q, k, v, keys, values, dims, scale, out) };
+        return Ok(());
+    }
+    cached_attention_portable::<{ cfg!(target_arch = "aarch64") }>(q, k, v, keys, values, dims, scale, out);
+    Ok(())
 }
 
 #[cfg(feature = "ort")]
-impl AttentionStep<'_> {
-    /// Checks that every buffer fits `dims`, then runs the step (see [`AttentionStep`]).
-    pub(crate) fn run(self) -> TractResult<()> {
-        let CacheDims { steps, capacity, past, .. } = self.dims;
-        tract_onnx::tract_core::internal::ensure!(
-            [self.q.len(), self.k.len(), self.v.len(), self.out.len()] == [self.dims.step_len(); 4]
-                && self.keys.len() == self.dims.cache_len()
-                && self.values.len() == self.dims.cache_len()
-                && past + steps <= capacity
-                && capacity % KEY_BLOCK == 0,
-            "cached attention: {:?} does not fit Q {}, K {}, V {}, caches {} and {}, output {}",
-            self.dims,
-            self.q.len(),
-            self.k.len(),
-            self.v.len(),
-            self.keys.len(),
-            self.values.len(),
-            self.out.len()
-        );
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: `run_avx2` only requires AVX2 and FMA, which the line above found on this CPU.
-            unsafe { self.run_avx2() };
-            return Ok(());
-        }
-        self.run_portable::<{ cfg!(target_arch = "aarch64") }>();
-        Ok(())
-    }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+fn cached_attention_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: &mut [f32],
+    values: &mut [f32],
+    dims: CacheDims,
+    scale: f32,
+    out: &mut [f32],
+) {
+    cached_attention_portable::<true>(q, k, v, keys, values, dims, scale, out)
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(self) {
-        self.run_portable::<true>()
-    }
-
-    #[inline(always)]
-    fn run_portable<const FUSED: bool>(self) {
-        let AttentionStep { q, k, v, keys, values, dims, scale, out } = self;
-        let CacheDims { batch, steps, heads, head_dim: d, capacity, past } = dims;
-        let width = heads * d;
-        let head_len = capacity * d;
-        for b in 0..batch {
-            for s in 0..steps {
-                for h in 0..heads {
-                    let from = (b * steps + s) * width + h * d;
-                    let head = (b * heads + h) * head_len;
-                    let (keys, values) = (&mut keys[head..][..head_len], &mut values[head..][..head_len]);
-                    for (j, &x) in k[from..from + d].iter().enumerate() {
-                        keys[key_offset(past + s, j, d)] = x;
-                    }
-                    values[(past + s) * d..][..d].copy_from_slice(&v[from..from + d]);
+#[cfg(feature = "ort")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cached_attention_portable<const FUSED: bool>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: &mut [f32],
+    values: &mut [f32],
+    CacheDims { batch, steps, heads, head_dim: d, capacity, past }: CacheDims,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let width = heads * d;
+    let head_len = capacity * d;
+    for b in 0..batch {
+        for s in 0..steps {
+            for h in 0..heads {
+                let from = (b * steps + s) * width + h * d;
+                let head = (b * heads + h) * head_len;
+                let (keys, values) = (&mut keys[head..][..head_len], &mut values[head..][..head_len]);
+                for (j, &x) in k[from..from + d].iter().enumerate() {
+                    keys[key_offset(past + s, j, d)] = x;
                 }
+                values[(past + s) * d..][..d].copy_from_slice(&v[from..from + d]);
             }
         }
-        let (keys, values) = (&*keys, &*values);
-        let mut probs = vec![0f32; (past + steps).next_multiple_of(KEY_BLOCK)];
-        for b in 0..batch {
-            for h in 0..heads {
-                let head = (b * heads + h) * head_len;
-                let (keys, values) = (&keys[head..][..head_len], &values[head..][..head_len]);
-                for s in 0..steps {
-                    let row = (b * steps + s) * width + h * d;
-                    let t = past + s + 1;
-                    attend_row::<FUSED>(&q[row..], keys, values, (t, d), scale, &mut probs, &mut out[row..]);
-                }
+    }
+    let (keys, values) = (&*keys, &*values);
+    let mut probs = vec![0f32; (past + steps).next_multiple_of(KEY_BLOCK)];
+    for b in 0..batch {
+        for h in 0..heads {
+            let head = (b * heads + h) * head_len;
+            let (keys, values) = (&keys[head..][..head_len], &values[head..][..head_len]);
+            for s in 0..steps {
+                let row = (b * steps + s) * width + h * d;
+                let t = past + s + 1;
+                attend_row::<FUSED>(&q[row..], keys, values, (t, d), scale, &mut probs, &mut out[row..]);
             }
         }
     }
@@ -486,18 +500,7 @@ mod tests {
                 let ([mut keys, mut values], [q, k, v]) = filled(dims);
                 let (keys_before, values_before) = (keys.clone(), values.clone());
                 let mut out = vec![f32::NAN; dims.step_len()];
-                AttentionStep {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    keys: &mut keys,
-                    values: &mut values,
-                    dims,
-                    scale: 0.3,
-                    out: &mut out,
-                }
-                .run()
-                .unwrap();
+                cached_attention(&q, &k, &v, &mut keys, &mut values, dims, 0.3, &mut out).unwrap();
                 // The step's rows were written at past..past + S, and nothing else changed.
                 for b in 0..2 {
                     for h in 0..heads {
@@ -533,36 +536,14 @@ mod tests {
         let ([keys, values], [q, k, v]) = filled(dims);
         let (mut k1, mut v1) = (keys.clone(), values.clone());
         let mut prefill = vec![0f32; dims.step_len()];
-        AttentionStep {
-            q: &q,
-            k: &k,
-            v: &v,
-            keys: &mut k1,
-            values: &mut v1,
-            dims,
-            scale: 0.2,
-            out: &mut prefill,
-        }
-        .run()
-        .unwrap();
+        cached_attention(&q, &k, &v, &mut k1, &mut v1, dims, 0.2, &mut prefill).unwrap();
         let (mut k2, mut v2) = (keys, values);
         let w = heads * d;
         for s in 0..5 {
             let one = CacheDims { steps: 1, past: 2 + s, ..dims };
             let row = |x: &[f32]| x[s * w..][..w].to_vec();
             let mut out = vec![0f32; w];
-            let (q, k, v) = (row(&q), row(&k), row(&v));
-            let step = AttentionStep {
-                q: &q,
-                k: &k,
-                v: &v,
-                keys: &mut k2,
-                values: &mut v2,
-                dims: one,
-                scale: 0.2,
-                out: &mut out,
-            };
-            step.run().unwrap();
+            cached_attention(&row(&q), &row(&k), &row(&v), &mut k2, &mut v2, one, 0.2, &mut out).unwrap();
             assert_eq!(out, row(&prefill), "position {}", 2 + s);
         }
         assert_eq!((k1, v1), (k2, v2));
@@ -573,22 +554,13 @@ mod tests {
     fn cached_attention_refuses_what_does_not_fit() {
         let step = vec![1f32; 2 * 2 * 5];
         let mut out = step.clone();
-        // Two positions on seven of a capacity of 8; a capacity that is not a whole block.
+        // Two positions on three of a capacity of 4; a capacity that is not a whole block.
         for (capacity, past) in [(8, 7), (12, 0)] {
             let dims = CacheDims { batch: 1, steps: 2, heads: 2, head_dim: 5, capacity, past };
             let mut keys = vec![0f32; dims.cache_len()];
             let mut values = keys.clone();
-            let attention = AttentionStep {
-                q: &step,
-                k: &step,
-                v: &step,
-                keys: &mut keys,
-                values: &mut values,
-                dims,
-                scale: 1.0,
-                out: &mut out,
-            };
-            assert!(attention.run().is_err(), "capacity {capacity}, past {past}");
+            let r = cached_attention(&step, &step, &step, &mut keys, &mut values, dims, 1.0, &mut out);
+            assert!(r.is_err(), "capacity {capacity}, past {past}");
             assert!(keys.iter().chain(&values).all(|&x| x == 0.0), "nothing written");
         }
     }

@@ -18,7 +18,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-use super::attend::{AttentionStep, CacheDims};
+use super::attend::{CacheDims, cached_attention};
 use super::int8_pattern::{DOMAIN, ROW_DEQUANTIZE, ROW_QUANTIZE};
 use super::ort_cache::{IN_PLACE_ATTENTION, Layout, copy_positions};
 use super::row_quant::{dequantise_rows, quantise_rows};
@@ -198,7 +198,7 @@ impl Kernel for RowDequantizeKernel {
 /// `(q, k, v f32 [B, S, H·D], past_key, past_value f32 [B, H, capacity, D], past_length i64
 /// scalar)` → `(context f32 [B, S, H·D], present_key, present_value f32 [B, H, capacity, D])`:
 /// the step's keys and values written at `past_length..past_length + S`, and causal attention
-/// over positions `0..past_length + S` (`attend::AttentionStep`). When a present output is
+/// over positions `0..past_length + S` (`attend::cached_attention`). When a present output is
 /// bound to its past input's buffer (ferrite's IO binding does that), the rows are written in
 /// place; otherwise the past positions are copied into the output first.
 struct InPlaceAttentionOp;
@@ -311,8 +311,7 @@ impl Kernel for InPlaceAttentionKernel {
         let (_, keys) = present_key.try_extract_tensor_mut::<f32>()?;
         let (_, values) = present_value.try_extract_tensor_mut::<f32>()?;
         let (_, out) = context.try_extract_tensor_mut::<f32>()?;
-        AttentionStep { q: qs, k: ks, v: vs, keys, values, dims, scale: self.scale, out }
-            .run()
+        cached_attention(qs, ks, vs, keys, values, dims, self.scale, out)
             .map_err(|e| ort::Error::new(format!("{op}: {e}")))
     }
 }
