@@ -339,6 +339,10 @@ pub(crate) fn cached_attention(
     Ok(())
 }
 
+// The buffers go to the AVX2 copy and the kernel as separate arguments, not as one struct: as
+// function arguments the `&mut` slices tell LLVM they alias nothing, and it keeps the context
+// accumulators in registers. Bundled into a struct (tried, session 11) the context loop fell
+// back to scalar multiply-adds through the stack: 14 → 38 µs for 4 layers at position 199.
 #[cfg(feature = "ort")]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -554,7 +558,7 @@ mod tests {
     fn cached_attention_refuses_what_does_not_fit() {
         let step = vec![1f32; 2 * 2 * 5];
         let mut out = step.clone();
-        // Two positions on three of a capacity of 4; a capacity that is not a whole block.
+        // Two positions on seven of a capacity of 8; a capacity that is not a whole block.
         for (capacity, past) in [(8, 7), (12, 0)] {
             let dims = CacheDims { batch: 1, steps: 2, heads: 2, head_dim: 5, capacity, past };
             let mut keys = vec![0f32; dims.cache_len()];
