@@ -9,8 +9,7 @@
 //! every tensor is one row, the dispatches cost more than the integer products save (16-bit: the
 //! int8 step was 1.1–1.2× the fp32 step; docs/runtime.md, "Session 10"). At load, the same
 //! rewrite that tract uses (`int8_pattern.rs`) replaces each pattern by two `ai.ferrite` nodes,
-//! and this module registers them with the session as custom operators (ort's `operator` API):
-//! computing what the replaced nodes compute (`row_quant.rs`, shared with tract's ops).
+//! which compute what the replaced nodes compute (`row_quant.rs`, shared with tract's ops).
 //! `MatMulInteger` itself stays ONNX Runtime's.
 
 use ort::operator::{
