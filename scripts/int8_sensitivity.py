@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """Where does the shipped GPT's int8 error come from? A PyTorch fake-quantisation study.
 
-Simulates the exporter's int8 scheme on models/shakespeare-gpt in PyTorch (per-output-channel
-symmetric int8 weights, per-token asymmetric uint8 activations, exactly as
-exporter/src/quant/int8.rs computes them) and variants of it, then reports top-1 agreement with
-fp32 and the perplexity increase on held-out Macbeth (256-token windows). The "current" row
-reproduces `ferrite eval --reference` within 0.1 point (98.09 % here vs 98.03 % through tract).
+Simulates int8 schemes on models/shakespeare-gpt in PyTorch (per-output-channel symmetric int8
+weights, per-token asymmetric uint8 activations) and variants of them, then reports top-1
+agreement with fp32 and the perplexity increase on held-out Macbeth (256-token windows), in four
+sections:
+  1. 8-bit codes over `[min(x,0), max(x,0)]` with a rounded zero point, and variants (which
+     matmuls, weights or activations, groups, outlier channels): the first row reproduces
+     `ferrite eval --reference` of a bundle exported with that scheme within 0.1 point (98.09 %
+     here vs 98.03 % through tract);
+  2. the exporter's 8-bit codes (each row over its own `[min, max]`, no zero point, as
+     exporter/src/quant/int8.rs computes them) against two-pass (~16-bit) activations;
+  3. GPTQ weights and 16-bit activation codes (`--activation-bits 16`), as exported now;
+  4. which calibration text GPTQ uses.
 
 Needs the dev venv (torch, transformers, tokenizers):
     .venv-dev/bin/python scripts/int8_sensitivity.py
-Results (2026-11-28; outlier-channel rows 2026-11-29; two-pass rows session 9) are in
-models/shakespeare-gpt/README.md; session 10's GPTQ / 16-bit / calibration-text rows (the last
-two sections) in exporter/README.md.
+Results of sections 1 and 2 (2026-11-28 and 2026-11-29) are in models/shakespeare-gpt/README.md,
+those of sections 3 and 4 in exporter/README.md.
 """
 import math
 from pathlib import Path
@@ -94,7 +100,7 @@ def variant(desc, float_activations=(), head="int8", group=None, weights=True, a
 
 
 print("| variant | top-1 agreement | perplexity vs fp32 |\n|---|---|---|")
-variant("current: every matmul int8 (weights and activations), tied head int8")
+variant("every matmul int8 (weights and activations), tied head int8")
 variant("head f32", head="f32")
 variant("blocks: weights only int8 (activations f32), head f32", activations=False, head="f32")
 variant("blocks: activations only int8 (weights f32), head f32", weights=False, head="f32")
@@ -157,8 +163,8 @@ for channels in [4, 16]:
 pu.Conv1D.forward = conv1d_forward
 
 
-# Session 9: the session-8 activation scheme (each row coded over its own [min, max], no zero
-# point: exporter/src/quant/int8.rs) and "two-pass" activations, the residual of the first uint8
+# Section 2: the exporter's 8-bit activation codes (each row coded over its own [min, max], no
+# zero point: exporter/src/quant/int8.rs) and "two-pass" activations, the residual of the first uint8
 # pass coded by a second one (~16 bits; twice the integer products), where exactly.
 def row_codes(x):
     lo = x.amin(-1, keepdim=True)
@@ -193,7 +199,7 @@ def passes(desc, two=(), head_two=False):
 
 
 BLOCK = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
-passes("session-8 scheme (row [min, max], no zero point), one pass everywhere")
+passes("8-bit codes over each row's [min, max], one pass everywhere")
 passes("two passes everywhere, head included", two=BLOCK, head_two=True)
 passes("two passes in the blocks, head one pass", two=BLOCK)
 for k in BLOCK:
@@ -202,7 +208,7 @@ passes("two passes in the MLP only, head included", two=["mlp.c_fc", "mlp.c_proj
 passes("two passes in the attention only, head included", two=["attn.c_attn", "attn.c_proj"], head_two=True)
 
 
-# Session 10: GPTQ weights (exporter/src/quant/gptq.rs), calibrated as the exporter does it on
+# Section 3: GPTQ weights (exporter/src/quant/gptq.rs), calibrated as the exporter does it on
 # sequences the fp32 model samples itself (exporter/src/calibrate.rs: 8 × 256 tokens from the
 # start token, temperature 1), and 16-bit activations (`--activation-bits 16`: two uint8 digits
 # per value). The tied table's GPTQ codes are also the token embedding, as in the export.
@@ -263,7 +269,7 @@ gptq_weights = gptq_weights_for(calibration)
 wte = model.transformer.wte.weight.data.clone()
 
 
-def session10(desc, rounding, activations):
+def gptq_variant(desc, rounding, activations):
     quantise_x = {"8-bit": one_pass, "16-bit": row_codes_16}[activations]
     weight = (lambda m: gptq_weights[m]) if rounding == "gptq" else (lambda m: quantise_weight(m.weight))
 
@@ -282,13 +288,13 @@ def session10(desc, rounding, activations):
     print(f"| {desc} | {top1:.2f} % | {ppl:+.3f} % |", flush=True)
 
 
-session10("round to nearest, 8-bit activations (session-8 export)", "nearest", "8-bit")
-session10("GPTQ, 8-bit activations (`--activation-bits 8`)", "gptq", "8-bit")
-session10("round to nearest, 16-bit activations", "nearest", "16-bit")
-session10("GPTQ, 16-bit activations (session-10 default for decoders)", "gptq", "16-bit")
+gptq_variant("round to nearest, 8-bit activations (`--no-gptq --activation-bits 8`)", "nearest", "8-bit")
+gptq_variant("GPTQ, 8-bit activations (`--activation-bits 8`)", "gptq", "8-bit")
+gptq_variant("round to nearest, 16-bit activations (`--no-gptq`)", "nearest", "16-bit")
+gptq_variant("GPTQ, 16-bit activations (the default for decoders)", "gptq", "16-bit")
 
 
-# Which calibration text: the exporter's self-generated samples (above), held-out-free real text
+# Section 4, which calibration text: the exporter's self-generated samples (above), held-out-free real text
 # (Hamlet; the evaluation text is Macbeth) or uniformly random tokens, 8 × 256 tokens each. GPTQ
 # weights with f32 activations and an f32 token embedding isolate the weights' rounding.
 def calibrated_on(desc, tokens):

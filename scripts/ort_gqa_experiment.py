@@ -1,9 +1,11 @@
-"""Experiment (not used by ferrite or its tests): ONNX Runtime with an in-place KV cache.
+"""Experiment (not used by ferrite or its tests): ONNX Runtime with an in-place KV cache through
+its own GroupQueryAttention.
 
-Session 9 built this into ferrite's ONNX Runtime backend (runtime/src/backend/ort_gqa.rs, on by
-default; `--ort-kv-concat` turns it off). The script stays as the Python reference: its rewritten
-file can be profiled node by node with ONNX Runtime's profiler, which ferrite's in-memory rewrite
-cannot (docs/runtime.md, "Session 9 lessons").
+ferrite's ONNX Runtime backend keeps a decoder's KV cache in place with an attention operator of
+its own over IO-bound buffers (runtime/src/backend/ort/cache.rs and ops.rs; on by default,
+`--ort-kv-concat` turns it off; docs/onnxruntime.md). This script is the Python reference for the
+same idea with ONNX Runtime's `com.microsoft.GroupQueryAttention`: its rewritten file can be run
+and profiled node by node from Python (scripts/ort_gqa_profile.py, scripts/ort_mha_experiment.py).
 
 Rewrites an exported ferrite GPT bundle for ONNX Runtime's `com.microsoft.GroupQueryAttention`
 (what ONNX Runtime GenAI uses): per layer, the keys-major attention block, the cache `Concat`s and
@@ -16,10 +18,11 @@ against the file run plainly (prefill 8, then 3 steps), then times a decode step
 
     .venv/bin/python scripts/ort_gqa_experiment.py /tmp/gpt-fp32   # or models/shakespeare-gpt/int8
 
-Session 8 (ONNX Runtime 1.31.1, 1 thread, from Python): logits equal to <= 1.1e-5; fp32 step
-0.449-0.460 ms at position 10 and 0.486-0.496 ms at 200 (1.08x) against the file's 0.412-0.420 /
-0.531-0.535 ms (1.27-1.29x); int8 1.21-1.33x against 1.41-1.42x. Python builds the IO binding at
-every step (~30 us); docs/runtime.md ("Session 8 lessons") lists what a Rust version needs.
+Measured 2026-11-29 (ONNX Runtime 1.31.1, 1 thread, from Python; int8: an export with 8-bit
+activation codes): logits equal to <= 1.1e-5; fp32 step 0.449-0.460 ms at position 10 and 0.486-0.496
+ms at 200 (1.08x) against the file's 0.412-0.420 / 0.531-0.535 ms (1.27-1.29x); int8 1.21-1.33x
+against 1.41-1.42x. Python builds the IO binding at every step (~30 us); ferrite's backend builds
+it once per session (docs/onnxruntime.md).
 """
 
 import os

@@ -4,7 +4,7 @@ Both com.microsoft ops can share one buffer for the past and present cache (GQA 
 pointers are equal, MultiHeadAttention when `past_sequence_length` is given). Rewrites an exported
 GPT with scripts/ort_gqa_experiment.py, turns each GQA node into MultiHeadAttention
 (unidirectional), checks the logits agree, and times a decode step at positions 10 and 200 with
-a binding built once (docs/runtime.md, "Session 9 lessons"):
+a binding built once (docs/onnxruntime.md):
 
     .venv/bin/python scripts/ort_mha_experiment.py models/shakespeare-gpt/int8
 """
