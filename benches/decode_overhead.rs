@@ -36,7 +36,7 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 /// The raw loop: tract's plan, inputs as tract tensors. ferrite's plan for this decoder keeps
-/// the KV cache inside its attention ops (runtime/src/backend/tract_fuse/kv_cache.rs): one state
+/// the KV cache inside its attention ops (runtime/src/backend/tract/kv_cache.rs): one state
 /// for the whole sequence, fed the token ids and the past length.
 fn raw_tract(plan: &std::sync::Arc<TypedRunnableModel>) -> Vec<u32> {
     let mut state = plan.spawn().unwrap();

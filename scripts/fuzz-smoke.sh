@@ -29,7 +29,7 @@ case "$profile" in
   release) flags=(-O -s none -a) ;;
   *) echo "FUZZ_PROFILE must be dev or release, not $profile" >&2; exit 2 ;;
 esac
-read -r -a targets <<<"${FUZZ_TARGETS:-model_open bundle_manifest tokenizer c_api}"
+read -r -a targets <<<"${FUZZ_TARGETS:-model_open bundle_manifest tokenizer c_api gguf chat_template}"
 runs=()
 if [ -n "${FUZZ_RUNS:-}" ]; then runs=(-runs="$FUZZ_RUNS"); fi
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -10,13 +10,17 @@ BERT checkpoints; the BERT one gets a small WordPiece tokenizer.json written her
 one directory per case under DIR/cases/ and the list DIR/cases.json. Each case says what to do
 with it and what must come out:
 
-    {"id": "truncated/lstm-0097", "category": "truncated", "kind": "model" | "bundle",
-     "path": "cases/...",                  # model.onnx, or the bundle directory
+    {"id": "truncated/lstm-0097", "category": "truncated", "kind": "model" | "bundle" | "gguf",
+     "path": "cases/...",                  # model.onnx, the bundle directory, or model.gguf
      "inputs": {"X": "cases/.../x.npy"},   # model: run these after opening (optional)
      "generate": {"ids": [...] | "prompt": "...", "max_tokens": N, ...},   # bundle (optional)
      "embed": ["text", ...],               # bundle (optional)
      "expect": "error" | "ok" | "any",     # any: a typed error or a result, never a crash
      "errors": ["InvalidModel", ...]}      # when set, the error kinds that are acceptable
+
+The `gguf` category damages the GGUF reader's fixture (gguf/tests/fixtures/, written by
+llama.cpp's gguf package) field by field: the test opens each file, reads every tensor, and runs
+`ferrite inspect --json` on it.
 
 Everything is deterministic (fixed seeds). The script does not judge anything: the Rust test
 runs every case through the Rust API, the CLI and (when built) the C API.
@@ -32,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +48,7 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
 GOLDEN = ROOT / "exporter" / "tests" / "golden"
+GGUF_FIXTURES = ROOT / "gguf" / "tests" / "fixtures"
 
 MODEL_ERRORS = ["InvalidModel", "NotOnnx", "ResourceLimit", "UnsupportedOp", "Backend", "Io"]
 
@@ -953,6 +959,183 @@ def context(c: Corpus, b: Base) -> None:
         c.add(cat, f"bert-words-{n}", "bundle", d, "ok", embed=[" ".join(["ab"] * n)])
 
 
+# --- GGUF ----------------------------------------------------------------------------------
+
+GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+# ggml type code -> (values per block, bytes per block), for the types in the fixtures.
+GGML_BLOCKS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 12: (256, 144),
+               13: (256, 176), 14: (256, 210)}
+
+
+def gguf_bytes(tensor: dict) -> int:
+    block, size = GGML_BLOCKS[tensor["type"]]
+    return int(np.prod(tensor["dims"])) // block * size
+
+
+def gguf_layout(data: bytes) -> dict:
+    """Where every field of a well-formed little-endian GGUF file lies (the fixtures only)."""
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+    pos = 24
+
+    def skip(ty: int, pos: int) -> int:
+        if ty in GGUF_SCALAR_BYTES:
+            return pos + GGUF_SCALAR_BYTES[ty]
+        if ty == 8:
+            return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
+        elem, n = struct.unpack_from("<IQ", data, pos)
+        pos += 12
+        for _ in range(n):
+            pos = skip(elem, pos)
+        return pos
+
+    kvs = []
+    for _ in range(n_kv):
+        (klen,) = struct.unpack_from("<Q", data, pos)
+        kv = {"key_at": pos, "key": data[pos + 8:pos + 8 + klen].decode()}
+        pos += 8 + klen
+        kv["type_at"], (kv["type"],) = pos, struct.unpack_from("<I", data, pos)
+        kv["value_at"] = pos + 4
+        pos = skip(kv["type"], pos + 4)
+        kvs.append(kv)
+    tensors = []
+    for _ in range(n_tensors):
+        (nlen,) = struct.unpack_from("<Q", data, pos)
+        t = {"name_at": pos, "name": data[pos + 8:pos + 8 + nlen].decode()}
+        pos += 8 + nlen
+        t["n_dims_at"], (n_dims,) = pos, struct.unpack_from("<I", data, pos)
+        t["dims_at"], t["dims"] = pos + 4, list(struct.unpack_from(f"<{n_dims}Q", data, pos + 4))
+        pos += 4 + 8 * n_dims
+        t["type_at"], (t["type"],) = pos, struct.unpack_from("<I", data, pos)
+        t["offset_at"], (t["offset"],) = pos + 4, struct.unpack_from("<Q", data, pos + 4)
+        pos += 12
+        tensors.append(t)
+    return {"kvs": kvs, "tensors": tensors, "infos_end": pos}
+
+
+def gguf(c: Corpus, b: Base) -> None:
+    cat = "gguf"
+    base = (GGUF_FIXTURES / "tensors.gguf").read_bytes()
+    aligned = (GGUF_FIXTURES / "aligned64.gguf").read_bytes()
+    layout = gguf_layout(base)
+    # The last tensor's data ends before the file's final padding; cutting only padding is fine.
+    data_end = (layout["infos_end"] + 31) // 32 * 32 + max(t["offset"] + gguf_bytes(t) for t in layout["tensors"])
+
+    def case(tag, content: bytes, expect="error", errors=None):
+        d = c.new_dir(cat, tag)
+        (d / "model.gguf").write_bytes(content)
+        c.add(cat, tag, "gguf", d / "model.gguf", expect, errors)
+
+    def patch(data: bytes, at: int, fmt: str, value) -> bytes:
+        out = bytearray(data)
+        struct.pack_into(fmt, out, at, value)
+        return bytes(out)
+
+    case("base", base, "ok")
+    case("base-aligned64", aligned, "ok")
+    case("version-2", patch(base, 4, "<I", 2), "ok")
+    # Truncation: every byte of the header and first entries, then samples to the end.
+    cuts = sorted(set(list(range(0, 96)) + list(range(96, data_end, max(1, data_end // 120)))))
+    for cut in cuts:
+        case(f"truncated-{cut:05d}", base[:cut], "error", ["Truncated", "OutOfBounds"])
+    case("truncated-padding-only", base[:data_end], "ok")
+    for tag, magic in {"ggug": b"GGUG", "lower": b"gguf", "zeros": b"\0\0\0\0", "onnx": b"\x08\x07\x12\x07",
+                       "zip": b"PK\x03\x04"}.items():
+        case(f"magic-{tag}", magic + base[4:], "error", ["BadMagic"])
+    for v in [0, 1, 4, 0xFFFF, 2**32 - 1]:
+        case(f"version-{v}", patch(base, 4, "<I", v), "error", ["UnsupportedVersion"])
+    # One more tensor than there are: its info is read from the zero padding (a valid empty-named
+    # scalar, or garbage): either way a typed error or a file that opens.
+    case("tensor-count-10", patch(base, 8, "<Q", 10), "any")
+    for n in [1000, 2**32, 2**64 - 1]:
+        case(f"tensor-count-{n}", patch(base, 8, "<Q", n), "error")
+    case("tensor-count-0", patch(base, 8, "<Q", 0), "ok")
+    for n in [len(layout["kvs"]) + 1, 2**40, 2**64 - 1]:
+        case(f"kv-count-{n}", patch(base, 16, "<Q", n), "error")
+    case("kv-count-short", patch(base, 16, "<Q", 5), "any")
+
+    for kv in layout["kvs"]:
+        if not kv["key"].startswith(("general.architecture", "test.string", "test.array.string", "test.array.nested",
+                                     "test.u32", "tokenizer.ggml.tokens", "test.f64")):
+            continue
+        k = kv["key"].replace("_", "-")
+        for n in [2**40, 2**64 - 1]:
+            case(f"kv-{k}-key-length-{n}", patch(base, kv["key_at"], "<Q", n), "error", ["Truncated"])
+        case(f"kv-{k}-key-not-utf8", patch(base, kv["key_at"] + 8, "<B", 0xFF), "error", ["BadString"])
+        for t in [13, 255, 2**32 - 1]:
+            case(f"kv-{k}-type-{t}", patch(base, kv["type_at"], "<I", t), "error", ["UnknownValueType"])
+        if kv["type"] == 8:
+            for n in [2**40, 2**64 - 1]:
+                case(f"kv-{k}-string-length-{n}", patch(base, kv["value_at"], "<Q", n), "error", ["Truncated"])
+            case(f"kv-{k}-string-not-utf8", patch(base, kv["value_at"] + 8, "<B", 0xC3), "error", ["BadString"])
+        if kv["type"] == 9:
+            for n in [2**40, 2**64 - 1]:
+                case(f"kv-{k}-array-count-{n}", patch(base, kv["value_at"] + 4, "<Q", n), "error", ["Truncated"])
+            for t in [13, 2**32 - 1]:
+                case(f"kv-{k}-array-type-{t}", patch(base, kv["value_at"], "<I", t), "error", ["UnknownValueType"])
+
+    names = [t["name"] for t in layout["tensors"]]
+    for t in layout["tensors"]:
+        n = t["name"].replace("_", "-").replace(".", "-")
+        quantised = t["type"] not in (0, 1, 30)
+        case(f"tensor-{n}-name-not-utf8", patch(base, t["name_at"] + 8, "<B", 0x80), "error", ["BadString"])
+        case(f"tensor-{n}-name-length-max", patch(base, t["name_at"], "<Q", 2**64 - 1), "error", ["Truncated"])
+        same_length = [m for m in names if m != t["name"] and len(m) == len(t["name"])]
+        if same_length:
+            dup = bytearray(base)
+            dup[t["name_at"] + 8:t["name_at"] + 8 + len(t["name"])] = same_length[0].encode()
+            case(f"tensor-{n}-duplicate", bytes(dup), "error", ["DuplicateTensor"])
+        for nd in [5, 2**32 - 1]:
+            case(f"tensor-{n}-n-dims-{nd}", patch(base, t["n_dims_at"], "<I", nd), "error", ["TooManyDims"])
+        case(f"tensor-{n}-dim0-max", patch(base, t["dims_at"], "<Q", 2**64 - 1), "error", ["Overflow", "BadShape"])
+        case(f"tensor-{n}-dim0-2^62", patch(base, t["dims_at"], "<Q", 2**62), "error", ["Overflow", "OutOfBounds"])
+        case(f"tensor-{n}-dim0-2^40", patch(base, t["dims_at"], "<Q", 2**40), "error", ["OutOfBounds"])
+        case(f"tensor-{n}-dim0-zero", patch(base, t["dims_at"], "<Q", 0), "ok")
+        if len(t["dims"]) > 1:
+            case(f"tensor-{n}-zero-hides-huge", patch(patch(base, t["dims_at"], "<Q", 0), t["dims_at"] + 8, "<Q", 2**64 - 1),
+                 "error", ["Overflow"])
+        if quantised:
+            case(f"tensor-{n}-row-not-whole-blocks", patch(base, t["dims_at"], "<Q", t["dims"][0] + 1), "error", ["BadShape"])
+        for ty in [4, 5, 31, 99, 2**32 - 1]:
+            case(f"tensor-{n}-type-{ty}", patch(base, t["type_at"], "<I", ty), "error", ["UnknownType"])
+        for ty in [0, 6, 28]:  # F32, Q5_0, F64: known types of other sizes
+            case(f"tensor-{n}-retyped-{ty}", patch(base, t["type_at"], "<I", ty), "any")
+        for off, errors in [(1, ["Misaligned"]), (16, ["Misaligned"]), (2**40, ["OutOfBounds"]),
+                            (2**64 - 32, ["OutOfBounds"]), (t["offset"] + 4096, ["OutOfBounds"])]:
+            case(f"tensor-{n}-offset-{off}", patch(base, t["offset_at"], "<Q", off), "error", errors)
+
+    a = gguf_layout(aligned)
+    align_kv = next(kv for kv in a["kvs"] if kv["key"] == "general.alignment")
+    for v, expect, errors in [(0, "error", ["BadAlignment"]), (3, "error", ["BadAlignment"]),
+                              (48, "error", ["BadAlignment"]), (2**31, "error", ["OutOfBounds"]),
+                              (128, "error", ["Misaligned"]), (32, "any", None), (1, "any", None)]:
+        case(f"alignment-{v}", patch(aligned, align_kv["value_at"], "<I", v), expect, errors)
+    case("alignment-as-string", patch(aligned, align_kv["type_at"], "<I", 8), "error")
+
+    def nested(depth: int) -> bytes:
+        value = struct.pack("<IQ", 9, 1) * (depth - 1) + struct.pack("<IQ", 0, 0)
+        kv = struct.pack("<Q", 4) + b"deep" + struct.pack("<I", 9) + value
+        return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv
+
+    case("nested-8", nested(8), "ok")
+    case("nested-9", nested(9), "error", ["TooDeep"])
+    case("nested-5000", nested(5000), "error", ["TooDeep"])
+    case("empty", b"", "error", ["Truncated"])
+    case("header-only", b"GGUF" + struct.pack("<IQQ", 3, 0, 0), "ok")
+    d = c.new_dir(cat, "directory")
+    (d / "model.gguf").mkdir()
+    c.add(cat, "directory", "gguf", d / "model.gguf", "error", ["Io"])
+
+    rng = random.Random(22)
+    for i in range(60):
+        flipped = bytearray(base)
+        for _ in range(rng.choice([1, 1, 2, 4])):
+            pos = rng.randrange(layout["infos_end"]) if i % 2 else rng.randrange(len(flipped))
+            flipped[pos] ^= 1 << rng.randrange(8)
+        case(f"bitflip-{i:03d}", bytes(flipped), "any")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ferrite", required=True, help="the ferrite binary (for `ferrite export`)")
@@ -964,7 +1147,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(out)
     base = Base(corpus, args.ferrite)
-    for category in [truncated, bitflip, mutated, escape, manifest, tokenizer, hashes, inputs, context]:
+    for category in [truncated, bitflip, mutated, escape, manifest, tokenizer, hashes, inputs, context, gguf]:
         category(corpus, base)
     (out / "cases.json").write_text(json.dumps(corpus.cases, indent=1))
     counts: dict[str, int] = {}

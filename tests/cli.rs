@@ -132,3 +132,46 @@ fn every_failure_is_one_line_and_non_zero() {
         );
     }
 }
+
+#[test]
+fn inspect_describes_a_gguf_file() {
+    // Written by llama.cpp's gguf package (scripts/make_gguf_fixtures.py).
+    let out = ferrite(&["inspect", "gguf/tests/fixtures/tensors.gguf", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["format"], "gguf");
+    assert_eq!(json["version"], 3);
+    assert_eq!(json["alignment"], 32);
+    assert_eq!(json["architecture"], "llama");
+    assert_eq!(json["hyperparameters"]["llama.block_count"], 2);
+    assert_eq!(json["hyperparameters"]["llama.attention.head_count_kv"], 2);
+    assert_eq!(json["tensor_count"], 9);
+    assert_eq!(json["bytes_by_type"]["Q6_K"], 840);
+    assert_eq!(json["tensors"][0]["name"], "f32.3d");
+    assert_eq!(json["tensors"][0]["dims"], serde_json::json!([4, 3, 2]));
+    let tokens =
+        json["metadata"].as_array().unwrap().iter().find(|e| e["key"] == "tokenizer.ggml.tokens").unwrap();
+    assert_eq!(tokens["type"], "array");
+    assert_eq!(tokens["value"]["element_type"], "string");
+    assert_eq!(tokens["value"]["len"], 5);
+    assert_eq!(tokens["value"]["first"][0], "<s>");
+
+    let text = ferrite(&["inspect", "gguf/tests/fixtures/tensors.gguf"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("GGUF v3, alignment 32"), "{text}");
+    assert!(text.contains("tokenizer.ggml.tokens") && text.contains("[string; 5]"), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("ferrite-cli-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(
+        &cut,
+        &std::fs::read(common::root().join("gguf/tests/fixtures/tensors.gguf")).unwrap()[..100],
+    )
+    .unwrap();
+    assert_fails_cleanly(&["inspect", cut.to_str().unwrap()], "the file is truncated");
+    let v1 = dir.join("v1.gguf");
+    std::fs::write(&v1, b"GGUF\x01\0\0\0").unwrap();
+    assert_fails_cleanly(&["inspect", v1.to_str().unwrap()], "GGUF version 1 is not supported");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

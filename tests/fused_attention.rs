@@ -1,4 +1,4 @@
-//! tract's fused decoder attention (runtime/src/backend/tract_fuse/attention.rs) replaces the
+//! tract's fused decoder attention (runtime/src/backend/tract/attention.rs) replaces the
 //! exporter's keys-major attention block of every GPT layer with one op of ferrite's own. These
 //! tests hold it to the unfused graph: every layer's block is fused (decoders' keys-major blocks,
 //! encoders' query-major ones; nothing in LSTMs), and a prefill followed by decode steps — batch 1 and batch 2 — gives the same logits

@@ -1,4 +1,4 @@
-//! tract's fused int8 quantisation (runtime/src/backend/tract_fuse.rs) replaces the exporter's
+//! tract's fused int8 quantisation (runtime/src/backend/tract/fuse.rs) replaces the exporter's
 //! per-token quantise/dequantise subgraphs with two ops of ferrite's own. These tests hold it to
 //! its promise: every subgraph of a ferrite int8 export is fused (one pair per `MatMulInteger`),
 //! and the outputs are bit-identical to tract running the file's standard nodes, on a GPT decode
@@ -6,7 +6,7 @@
 //! within [`SIXTEEN_BIT_TOLERANCE`] on the shipped GPT, whose codes are 16-bit. In step graphs
 //! (GPT, LSTM) every `MatMulInteger` also becomes `FerriteMatMulI8` (its own dot products for ≤ 4
 //! activation rows, tract's plan above): both paths are exercised here too. With the `ort`
-//! feature, ONNX Runtime's fused custom operators (runtime/src/backend/ort_ops.rs) are held to
+//! feature, ONNX Runtime's fused custom operators (runtime/src/backend/ort/ops.rs) are held to
 //! bit-identity with ONNX Runtime running the standard nodes.
 
 mod common;
@@ -104,7 +104,7 @@ fn gpt_steps_both(batch: usize, chunks: Vec<Vec<i64>>) -> Vec<usize> {
 /// crossing moving a value by 1/65535 of its row's range; logits then differ by ~3e-4, as ONNX
 /// Runtime's do from tract's. 8-bit code boundaries are 256 times rarer: those bundles stay
 /// bit-identical (the LSTM, BERT and an 8-bit GPT export below). The fused arithmetic itself is
-/// checked element by element in tract_fuse.rs's unit tests.
+/// checked element by element in the unit tests of runtime/src/backend/tract/fuse.rs.
 const SIXTEEN_BIT_TOLERANCE: f64 = 1e-3;
 
 /// [`gpt_steps_both`] for the shakespeare-gpt int8 bundle in `rel` (or an absolute path), outputs

@@ -1,5 +1,5 @@
-//! The in-place KV caches: tract's (runtime/src/backend/tract_fuse/kv_cache.rs, the cache lives
-//! in its attention ops' state) and ONNX Runtime's (runtime/src/backend/ort_cache.rs, ferrite's
+//! The in-place KV caches: tract's (runtime/src/backend/tract/kv_cache.rs, the cache lives
+//! in its attention ops' state) and ONNX Runtime's (runtime/src/backend/ort/cache.rs, ferrite's
 //! attention operator over one IO-bound buffer per layer for past and present), instead of the
 //! file's `Concat` that rebuilds the cache at every step. These tests hold carried steps on them
 //! to the file's graph run with explicit caches, and check what a session promises around them:

@@ -25,8 +25,8 @@ const INT8_PREFIX: usize = 16;
 /// decide either way: the shipped int8 bundles' logits differ from fp32 by up to 0.25 (LSTM) and
 /// 0.83 (GPT) on held-out text (`ferrite eval --reference`, BENCHMARKS.md). Greedy decoding then
 /// follows a different, equally likely continuation; one such flip at token 5 of a prompt says
-/// nothing about the other 15. Session 8 met one: a 0.049 gap on the LSTM, decided the other way
-/// by a new activation rounding *and* by float activations (weight error alone flips it).
+/// nothing about the other 15. The shipped LSTM has one: a 0.049 gap that its int8 bundle decides
+/// the other way, with int8 activations and with float ones alike (weight error alone flips it).
 const NEAR_TIE: f32 = 0.1;
 
 struct Prompt {

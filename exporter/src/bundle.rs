@@ -12,11 +12,13 @@ use ferrite_runtime::{BackendKind, Model, Options, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::accuracy::{self, AccuracyReport};
-use crate::arch::{self, ArchKind, Architecture, IoRole};
+use crate::arch::{self, ArchKind, IoRole};
 use crate::calibrate::CalibrationReport;
 use crate::error::{ExportError, Result};
-use crate::onnx::{self, DATA_FILE, GraphBuilder, MODEL_FILE};
+use crate::model_file::write_graph;
+use crate::onnx::{DATA_FILE, GraphBuilder, MODEL_FILE};
 use crate::quant::QuantScheme;
+use crate::vocab::{TOKENIZER_FILE, Vocabulary, WordVocabulary};
 
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "ferrite.json";
@@ -52,6 +54,10 @@ pub struct ExportOptions {
     /// the integer work: see [`GraphBuilder::set_int8_activation_digits`]); `None` lets the
     /// architecture choose ([`arch::Architecture::int8_activation_bits`]: 16 for decoders).
     pub activation_bits: Option<u8>,
+    /// A vocabulary file for the bundle's tokenizer (`--vocab`): a `{token: index}` JSON object,
+    /// a Keras `Tokenizer`'s JSON or a one-token-per-line text file ([`crate::vocab`]). It
+    /// replaces the tokenizer files the source would otherwise give.
+    pub vocab: Option<PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -63,6 +69,7 @@ impl Default for ExportOptions {
             fail_at: None,
             gptq: true,
             activation_bits: None,
+            vocab: None,
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct Manifest {
     /// int8 bundles: bits per activation value (8, or 16 as two uint8 digits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_bits: Option<u8>,
+    /// The chat template and its special tokens (docs/chat.md), when the source has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ferrite_runtime::bundle::ChatSpec>,
 }
 
 fn check_stage(opts: &ExportOptions, stage: &'static str) -> Result<()> {
@@ -132,23 +142,6 @@ fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
     let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| ExportError::io(&path, e))?;
     let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(FileEntry { name: name.into(), bytes, sha256 })
-}
-
-/// Writes `graph` (built by `arch` under `scheme`) into `dir` with ferrite's metadata.
-pub(crate) fn write_graph(
-    arch: &dyn Architecture,
-    scheme: QuantScheme,
-    graph: GraphBuilder,
-    dir: &Path,
-) -> Result<()> {
-    let mut meta = vec![
-        ("ferrite.architecture".to_string(), format!("{:?}", arch.kind()).to_lowercase()),
-        ("ferrite.quantisation".to_string(), scheme.name().to_string()),
-    ];
-    if let Some(n) = arch.context_length() {
-        meta.push(("ferrite.context_length".into(), n.to_string()));
-    }
-    onnx::write_model(dir, graph, &format!("ferrite_{}", scheme.name()), &meta)
 }
 
 /// Exports the checkpoint in `src` (a directory, or a `.keras` file) as a bundle in `out`.
@@ -223,10 +216,19 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     check_stage(opts, "golden")?;
 
     let mut names = vec![MODEL_FILE.to_string(), DATA_FILE.to_string(), GOLDEN_FILE.to_string()];
-    for (from, name) in tokenizer_files(src) {
-        let to = tmp.path().join(name);
-        std::fs::copy(&from, &to).map_err(|e| ExportError::io(&from, e))?;
-        names.push(name.to_string());
+    for file in tokenizer_files(src, opts.vocab.as_deref(), arch.vocab_size())? {
+        match file {
+            TokenizerFile::Copy(from, name) => {
+                let to = tmp.path().join(name);
+                std::fs::copy(&from, &to).map_err(|e| ExportError::io(&from, e))?;
+                names.push(name.to_string());
+            }
+            TokenizerFile::Write(name, bytes) => {
+                let to = tmp.path().join(name);
+                std::fs::write(&to, bytes).map_err(|e| ExportError::io(&to, e))?;
+                names.push(name.to_string());
+            }
+        }
     }
     let files = names.iter().map(|n| file_entry(tmp.path(), n)).collect::<Result<Vec<_>>>()?;
     let manifest = Manifest {
@@ -242,6 +244,7 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         accuracy,
         calibration,
         activation_bits: (opts.quant == QuantScheme::Int8).then_some(activation_bits),
+        chat: crate::chat_spec::chat_spec(src)?,
     };
     let manifest_path = tmp.path().join(MANIFEST_FILE);
     let json = serde_json::to_string_pretty(&manifest)
@@ -253,13 +256,62 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     Ok(manifest)
 }
 
-/// The tokenizer files to copy: those present in a checkpoint directory, or for a single-file
-/// source (a `.keras` archive, which holds no tokenizer) the `vocab.json` beside it.
-fn tokenizer_files(src: &Path) -> Vec<(PathBuf, &'static str)> {
-    if src.is_file() {
-        return arch::keras::vocab_path(src).map(|p| (p, arch::keras::VOCAB_FILE)).into_iter().collect();
+/// One tokenizer file of the bundle: copied from the source, or made by the exporter.
+enum TokenizerFile {
+    /// Copy this file in under this name.
+    Copy(PathBuf, &'static str),
+    /// Write these bytes under this name.
+    Write(&'static str, Vec<u8>),
+}
+
+/// The bundle's tokenizer files. `--vocab FILE` decides when given; else a checkpoint
+/// directory's own tokenizer files are copied; a `.keras` archive (which holds no tokenizer file)
+/// gives its `TextVectorization` layer's vocabulary, or the `vocab.json` beside it (copied, and
+/// written as `tokenizer.json` too when it is a word vocabulary). Word vocabularies are checked
+/// against the model's `model_vocab` ids.
+fn tokenizer_files(
+    src: &Path,
+    vocab: Option<&Path>,
+    model_vocab: Option<usize>,
+) -> Result<Vec<TokenizerFile>> {
+    if let Some(path) = vocab {
+        return Ok(match Vocabulary::read(path)? {
+            Vocabulary::Chars(path) => vec![TokenizerFile::Copy(path, arch::keras::VOCAB_FILE)],
+            Vocabulary::Words(words) => vec![word_tokenizer(words, model_vocab)?],
+        });
     }
-    TOKENIZER_FILES.iter().map(|name| (src.join(name), *name)).filter(|(p, _)| p.is_file()).collect()
+    if arch::gguf::is_gguf(src) {
+        let files = arch::gguf::tokenizer_from_gguf(src)?;
+        return Ok(files.into_iter().map(|(name, bytes)| TokenizerFile::Write(name, bytes)).collect());
+    }
+    if src.is_file() {
+        if let Some(words) = arch::keras::vocabulary(src)? {
+            return Ok(vec![word_tokenizer(words, model_vocab)?]);
+        }
+        let Some(path) = arch::keras::vocab_path(src) else { return Ok(Vec::new()) };
+        let mut files = vec![TokenizerFile::Copy(path.clone(), arch::keras::VOCAB_FILE)];
+        if let Vocabulary::Words(words) = Vocabulary::read(&path)? {
+            files.push(word_tokenizer(words, model_vocab)?);
+        }
+        return Ok(files);
+    }
+    Ok(TOKENIZER_FILES
+        .iter()
+        .map(|name| (src.join(name), *name))
+        .filter(|(p, _)| p.is_file())
+        .map(|(p, name)| TokenizerFile::Copy(p, name))
+        .collect())
+}
+
+/// `tokenizer.json` for a word vocabulary, fitted to the model's ids when they are known.
+fn word_tokenizer(mut words: WordVocabulary, model_vocab: Option<usize>) -> Result<TokenizerFile> {
+    if let Some(n) = model_vocab {
+        words.fit_to(n)?;
+    }
+    let json = words.tokenizer_json();
+    let bytes =
+        serde_json::to_vec_pretty(&json).map_err(|e| ExportError::config(TOKENIZER_FILE, e.to_string()))?;
+    Ok(TokenizerFile::Write(TOKENIZER_FILE, bytes))
 }
 
 /// Renames the finished temporary directory to `out`, moving an existing `out` aside first.

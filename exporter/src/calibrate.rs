@@ -59,7 +59,7 @@ pub fn hessians(arch: &dyn Architecture, work: &Path) -> Result<Option<(Hessians
     };
     let mut graph = arch.build(QuantScheme::Fp32, GraphBuilder::tapping())?;
     let taps = graph.expose_taps();
-    crate::bundle::write_graph(arch, QuantScheme::Fp32, graph, work)?;
+    crate::model_file::write_graph(arch, QuantScheme::Fp32, graph, work)?;
     let model = Model::open(work.join(crate::onnx::MODEL_FILE))?;
     let mut session = model.prepare(&Options::default().backend(BackendKind::Tract))?.session()?;
 

@@ -13,8 +13,10 @@ use crate::quant::QuantScheme;
 /// Arguments of `ferrite export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// Checkpoint directory (ferrite LSTM, Hugging Face GPT-2 or BERT / sentence-transformers) or
-    /// Keras 3 `.keras` archive (Sequential[Embedding, LSTM…, Dense]; `vocab.json` beside it is copied).
+    /// Checkpoint directory (ferrite LSTM, Hugging Face GPT-2, BERT / sentence-transformers, or a
+    /// Llama-family decoder: model_type llama, qwen2, mistral), llama.cpp GGUF file (llama, qwen2)
+    /// or Keras 3 `.keras` archive (a Sequential or Functional chain of [TextVectorization],
+    /// Embedding, LSTM…, Dense; `vocab.json` beside it is used when there is no --vocab).
     pub src: PathBuf,
     /// Output bundle directory.
     #[arg(short = 'o', long = "out")]
@@ -40,6 +42,11 @@ pub struct ExportArgs {
     /// integer work; see exporter/README.md). Default: 16 for decoders, 8 otherwise.
     #[arg(long)]
     pub activation_bits: Option<u8>,
+    /// The bundle's vocabulary, written as its tokenizer.json: a JSON object {token: index}, a
+    /// Keras Tokenizer's JSON (`tokenizer.to_json()`), or a text file of one token per line
+    /// (`TextVectorization.get_vocabulary()`). Replaces the source's own tokenizer files.
+    #[arg(long, value_name = "FILE")]
+    pub vocab: Option<PathBuf>,
 }
 
 /// Runs `ferrite export`.
@@ -51,6 +58,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         fail_at: None,
         gptq: !args.no_gptq,
         activation_bits: args.activation_bits,
+        vocab: args.vocab,
     };
     let manifest = export(&args.src, &args.out, &opts)
         .with_context(|| format!("exporting {} to {}", args.src.display(), args.out.display()))?;

@@ -54,6 +54,15 @@ pub enum ExportError {
         message: String,
     },
 
+    /// A GGUF file is malformed, or a tensor in it cannot be read (the reader's typed error).
+    #[error("{}: {source}", path.display())]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What the GGUF reader found.
+        source: ferrite_gguf::Error,
+    },
+
     /// A tensor the architecture needs is absent from the checkpoint.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor {

@@ -169,7 +169,7 @@ fn errors_name_the_tensor() {
     }
     let src = tmp.path().join("unknown");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("config.json"), r#"{"model_type":"llama"}"#).unwrap();
+    std::fs::write(src.join("config.json"), r#"{"model_type":"mamba"}"#).unwrap();
     let err = export(&src, &tmp.path().join("u-out"), &ExportOptions::default()).unwrap_err();
     assert!(matches!(err, ExportError::UnknownArchitecture(_)), "{err}");
 }

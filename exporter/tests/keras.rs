@@ -271,3 +271,112 @@ fn broken_archives_are_errors_naming_what_is_wrong() {
         }
     }
 }
+
+/// Copies `case`'s archive to `dst` with its config.json passed through `change`.
+fn edit_config(case: &str, dst: &Path, change: impl Fn(&mut serde_json::Value)) {
+    let mut src = zip::ZipArchive::new(std::fs::File::open(archive(case)).unwrap()).unwrap();
+    let names: Vec<String> = src.file_names().map(|n| n.unwrap().into_owned()).collect();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(dst).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for name in names {
+        let mut bytes = Vec::new();
+        src.by_name(&name).unwrap().read_to_end(&mut bytes).unwrap();
+        if name == "config.json" {
+            let mut cfg: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            change(&mut cfg);
+            bytes = serde_json::to_vec(&cfg).unwrap();
+        }
+        out.start_file(name.as_str(), opts).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+/// A Functional layer entry named `name` of class `class` called on `input`'s output.
+fn functional_layer(class: &str, name: &str, input: &str, config: serde_json::Value) -> serde_json::Value {
+    let mut config = config;
+    config["name"] = name.into();
+    serde_json::json!({
+        "module": "keras.layers", "class_name": class, "config": config, "registered_name": null, "name": name,
+        "inbound_nodes": [{"args": [{"class_name": "__keras_tensor__",
+            "config": {"shape": [null, 1], "dtype": "float32", "keras_history": [input, 0, 0]}}], "kwargs": {}}]
+    })
+}
+
+#[test]
+fn functional_models_export_as_chains_and_anything_else_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = |cfg: &mut serde_json::Value| -> Vec<serde_json::Value> {
+        cfg.pointer("/config/layers").unwrap().as_array().unwrap().clone()
+    };
+    // The golden (Input, Embedding, LSTM, Dropout, LSTM, Dense softmax) exports; so does the same
+    // chain with the softmax moved into an Activation layer after a linear Dense: same logits.
+    let (plain, _) = export_to(&archive("keras-words"), tmp.path(), QuantScheme::Fp32);
+    let moved = tmp.path().join("activation.keras");
+    edit_config("keras-words", &moved, |cfg| {
+        let mut list = layers(cfg);
+        list.last_mut().unwrap()["config"]["activation"] = "linear".into();
+        list.push(functional_layer(
+            "Activation",
+            "probs",
+            "next_word",
+            serde_json::json!({"activation": "softmax"}),
+        ));
+        cfg["config"]["layers"] = list.into();
+        cfg["config"]["output_layers"] = serde_json::json!(["probs", 0, 0]);
+    });
+    let out = tmp.path().join("activation");
+    export(&moved, &out, &ExportOptions::default()).expect("a final Activation layer is accepted");
+    let ids = npz(&golden("keras-words").join("expected.npz"), "input_ids");
+    let inputs: Vec<(String, Tensor)> = vec![("input_ids".into(), ids)];
+    let with_state = |bundle: &Path| {
+        let h0 = npz(&bundle.join("golden.npz"), "h0");
+        let b = inputs[0].1.shape()[0];
+        let (l, h) = (h0.shape()[0], h0.shape()[2]);
+        let zero = Tensor::new(vec![l, b, h], vec![0f32; l * b * h]).unwrap();
+        let mut all = inputs.clone();
+        all.push(("h0".into(), zero.clone()));
+        all.push(("c0".into(), zero));
+        all
+    };
+    let a = run(&plain, &with_state(&plain), backends()[0]);
+    let b = run(&out, &with_state(&out), backends()[0]);
+    assert_eq!(max_abs(output(&a, "logits"), output(&b, "logits")), 0.0);
+
+    type ConfigEdit = fn(&mut serde_json::Value);
+    let cases: [(&str, ConfigEdit, &[&str]); 3] = [
+        (
+            "fan-out",
+            |cfg| {
+                let mut list = cfg.pointer("/config/layers").unwrap().as_array().unwrap().clone();
+                list.push(functional_layer("Dense", "side", "lstm_b", serde_json::json!({"units": 3})));
+                cfg["config"]["layers"] = list.into();
+            },
+            &["layer `lstm_b` (LSTM)", "feeds 2 layers", "branching"],
+        ),
+        (
+            "shared",
+            |cfg| {
+                let list = cfg.pointer_mut("/config/layers").unwrap().as_array_mut().unwrap();
+                let embed = list.iter_mut().find(|l| l["name"] == "embed").unwrap();
+                let node = embed["inbound_nodes"][0].clone();
+                embed["inbound_nodes"].as_array_mut().unwrap().push(node);
+            },
+            &["layer `embed` (Embedding)", "called 2 times"],
+        ),
+        (
+            "two-outputs",
+            |cfg| cfg["config"]["output_layers"] = serde_json::json!([["next_word", 0, 0], ["lstm_b", 0, 0]]),
+            &["one input and one output"],
+        ),
+    ];
+    for (case, change, needles) in cases {
+        let path = tmp.path().join(format!("{case}.keras"));
+        edit_config("keras-words", &path, change);
+        let (err, msg) = export_error(&path);
+        assert!(matches!(err, ExportError::Config { .. }), "{case}: {msg}");
+        for needle in needles {
+            assert!(msg.contains(needle), "{case}: `{needle}` not in {msg}");
+        }
+    }
+}

@@ -11,8 +11,8 @@
 //! `ferrite.past_length=200` instead (the caches are filled by a prefill of that many tokens,
 //! and cut back to it before every timed run); `past_*` specs are then ignored.
 //! Prints the time per operator type and the slowest nodes (median over `--repeat` runs of the
-//! whole plan; each node's time is its own `eval`). A developer tool: docs/runtime.md
-//! ("Per-node profile") explains how it was used.
+//! whole plan; each node's time is its own `eval`). A developer tool: docs/tract.md
+//! ("Profiling") explains how to read it.
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -11,11 +11,11 @@
 //!   repacked copy (1.2× / 2.4×), without prepacking the weights stay file-backed (1.05× / 2.4×);
 //! - on tract, one more copy of the int8 weights of an int8 step graph (a decoder with a KV cache,
 //!   an LSTM): its few-row int8 matmul keeps them transposed beside tract's packed copy
-//!   (`backend/tract_fuse/matmul_i8.rs`);
+//!   (`backend/tract/matmul_i8.rs`);
 //! - every graph input and output at batch 1 and the given number of positions (symbolic dims
 //!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
 //!   For a GPT-2 bundle at its full context length this is the KV cache (four copies: past and
-//!   present, twice; the in-place caches, tract's and ONNX Runtime's (`backend/ort_cache.rs`), hold
+//!   present, twice; the in-place caches, tract's and ONNX Runtime's (`backend/ort/cache.rs`), hold
 //!   one, in a buffer at most twice its length, so they stay within that);
 //! - a fixed allowance for the runtime, the backend's plan and intermediate activations.
 

@@ -2,7 +2,8 @@
 //!
 //! A bundle is what `ferrite export` writes: `model.onnx` + `model.onnx.data`, the `ferrite.json`
 //! manifest (architecture, roles of inputs/outputs, context length, special token ids, sha256 of
-//! every file), the tokenizer (`tokenizer.json`, or ferrite's char `vocab.json`) and `golden.npz`.
+//! every file, and for instruct models a `chat` template: docs/chat.md), the tokenizer
+//! (`tokenizer.json`, or ferrite's char `vocab.json`) and `golden.npz`.
 //! This module checks and loads those files; it does not run generation (see [`crate::generate`])
 //! and never writes to the bundle.
 
@@ -13,6 +14,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::backend::Options;
+#[cfg(feature = "text")]
+pub use crate::chat::ChatSpec;
+use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::model::{Dim, Model};
 use crate::session::Plan;
@@ -57,7 +61,7 @@ pub struct FileEntry {
 pub struct Manifest {
     /// Manifest format version (1).
     pub format: u32,
-    /// Source architecture: `lstm`, `gpt2` or `bert`.
+    /// Source architecture: `lstm`, `gpt2`, `llama` or `bert`.
     pub architecture: String,
     /// Weight storage scheme, as written by the exporter.
     #[serde(default)]
@@ -77,6 +81,10 @@ pub struct Manifest {
     /// Every other file of the bundle with its hash.
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// The chat template and its special tokens, for instruct models (`None`: the bundle has no
+    /// chat format; see `docs/chat.md`).
+    #[serde(default)]
+    pub chat: Option<ChatSpec>,
 }
 
 /// The architectures the runtime knows how to drive.
@@ -88,6 +96,17 @@ pub enum Architecture {
     Gpt2,
     /// BERT encoder with a `sentence_embedding` output.
     Bert,
+    /// Llama-family decoder (Llama, Qwen2, Mistral: RMSNorm, rotary positions, grouped-query
+    /// attention) with the same KV-cache interface as GPT-2; the cache holds KV heads only.
+    Llama,
+}
+
+impl Architecture {
+    /// A decoder that carries a KV cache (`past_key.L`/`past_value.L` in, `present_*` out) and
+    /// whose context length bounds a generation.
+    pub fn is_kv_decoder(self) -> bool {
+        matches!(self, Architecture::Gpt2 | Architecture::Llama)
+    }
 }
 
 /// How to open a bundle.
@@ -150,6 +169,8 @@ pub struct Bundle {
     vocab_size: Option<usize>,
     #[cfg(feature = "text")]
     tokenizer: Option<TextTokenizer>,
+    #[cfg(feature = "text")]
+    chat: Option<ChatTemplate>,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -176,10 +197,11 @@ impl Bundle {
             "lstm" => Architecture::Lstm,
             "gpt2" => Architecture::Gpt2,
             "bert" => Architecture::Bert,
+            "llama" => Architecture::Llama,
             other => {
                 return Err(Error::InvalidBundle {
                     path: dir.join(MANIFEST_FILE),
-                    reason: format!("unknown architecture `{other}` (expected lstm, gpt2 or bert)"),
+                    reason: format!("unknown architecture `{other}` (expected lstm, gpt2, llama or bert)"),
                 });
             }
         };
@@ -199,6 +221,21 @@ impl Bundle {
             confined(&dir, "vocab.json")?;
             TextTokenizer::load_from_bundle(&dir)?
         };
+        #[cfg(feature = "text")]
+        let chat = match &manifest.chat {
+            None => None,
+            Some(spec) => {
+                let eos = manifest.special_tokens.get("eos").and_then(|&id| u32::try_from(id).ok());
+                let chat = tokenizer
+                    .as_ref()
+                    .ok_or_else(|| "a chat template needs a tokenizer (tokenizer.json)".to_string())
+                    .and_then(|tok| ChatTemplate::for_bundle(spec, tok, eos));
+                Some(chat.map_err(|reason| Error::InvalidBundle {
+                    path: dir.join(MANIFEST_FILE),
+                    reason: format!("`chat`: {reason}"),
+                })?)
+            }
+        };
         Ok(Bundle {
             dir,
             manifest,
@@ -207,6 +244,8 @@ impl Bundle {
             vocab_size,
             #[cfg(feature = "text")]
             tokenizer,
+            #[cfg(feature = "text")]
+            chat,
         })
     }
 
@@ -262,6 +301,26 @@ impl Bundle {
         self.tokenizer.as_ref().ok_or_else(|| {
             Error::Tokenizer(format!(
                 "{} has neither tokenizer.json nor vocab.json: pass token ids instead",
+                self.dir.display()
+            ))
+        })
+    }
+}
+
+impl Bundle {
+    /// The bundle's chat template, when `ferrite.json` carries one.
+    #[cfg(feature = "text")]
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref()
+    }
+
+    /// The bundle's chat template, or [`Error::ChatTemplate`] saying the bundle has none (chat
+    /// never falls back to a made-up format).
+    #[cfg(feature = "text")]
+    pub fn require_chat_template(&self) -> Result<&ChatTemplate> {
+        self.chat.as_ref().ok_or_else(|| {
+            Error::ChatTemplate(format!(
+                "{} has no chat template (its ferrite.json has no `chat` object)",
                 self.dir.display()
             ))
         })

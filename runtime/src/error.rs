@@ -129,6 +129,12 @@ pub enum Error {
     #[error("invalid generation settings: {0}")]
     InvalidGeneration(String),
 
+    /// The bundle has no chat template, or its template failed: a syntax error, a value it cannot
+    /// use, or its own `raise_exception(...)`. (A template that runs out of its fuel, recursion
+    /// or output bounds is [`Error::ResourceLimit`].)
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
     /// The sequence would exceed the model's context length.
     #[error("context full: {needed} positions needed, the model handles {context_length}")]
     ContextFull {

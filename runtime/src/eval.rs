@@ -94,7 +94,7 @@ fn walk(bundles: &[&Bundle], ids: &[u32], mut visit: impl FnMut(&[&[f32]], u32))
     }
     let bundle = bundles[0];
     let window = match (bundle.architecture(), bundle.context_length()) {
-        (Architecture::Gpt2, Some(ctx)) => ctx.max(2),
+        (Architecture::Gpt2 | Architecture::Llama, Some(ctx)) => ctx.max(2),
         _ => usize::MAX,
     };
     let mut scored = 0usize;

@@ -16,7 +16,7 @@ use crate::model::Dim;
 use crate::sample::{Sampler, SamplingParams};
 use crate::session::Session;
 use crate::stream::{StopStrings, TextStream};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 
 /// Most stop token ids a generation accepts.
 pub const MAX_STOP_IDS: usize = 8;
@@ -87,6 +87,29 @@ impl Generation {
         let decode = self.elapsed.saturating_sub(self.time_to_first_token).as_secs_f64();
         let n = self.ids.len().saturating_sub(1);
         if n == 0 || decode <= 0.0 { 0.0 } else { n as f64 / decode }
+    }
+}
+
+/// The first `len` entries of `t` along `axis` (f32 or f16), as a new tensor.
+fn keep_prefix(t: &Tensor, axis: usize, len: usize) -> Result<Tensor> {
+    fn cut<T: Copy>(data: &[T], shape: &[usize], axis: usize, len: usize) -> Vec<T> {
+        let outer: usize = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        let (from, to) = (shape[axis] * inner, len * inner);
+        (0..outer).flat_map(|o| data[o * from..o * from + to].iter().copied()).collect()
+    }
+    let shape = t.shape();
+    if axis >= shape.len() || len > shape[axis] {
+        return Err(Error::InvalidGeneration(format!(
+            "cannot keep {len} positions of a state of shape {shape:?}"
+        )));
+    }
+    let mut out_shape = shape.to_vec();
+    out_shape[axis] = len;
+    match t.data() {
+        TensorData::F32(v) => Tensor::new(out_shape, cut(v, shape, axis, len)),
+        TensorData::F16(v) => Tensor::new(out_shape, cut(v, shape, axis, len)),
+        _ => Err(Error::InvalidGeneration(format!("a {} state cannot be rewound", t.dtype()))),
     }
 }
 
@@ -169,6 +192,46 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
         Ok(())
     }
 
+    /// Forgets every position from `len` on, keeping the first `len` (a conversation whose new
+    /// prompt shares only part of what was fed). A KV cache is cut along its past-sequence axis;
+    /// a recurrent state (LSTM `h`/`c`) cannot be rewound and is [`Error::InvalidGeneration`]
+    /// unless `len` is 0 (a reset) or the current position (nothing to do).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len == self.position {
+            return Ok(());
+        }
+        if len > self.position {
+            return Err(Error::InvalidGeneration(format!(
+                "cannot keep {len} positions: only {} were fed",
+                self.position
+            )));
+        }
+        if len == 0 {
+            return self.reset();
+        }
+        for input in &self.bundle.plan().info().inputs {
+            if input.name == "input_ids" {
+                continue;
+            }
+            // The past-sequence axis: the one symbolic dim that is not the batch.
+            let axis = input
+                .shape
+                .as_ref()
+                .and_then(|dims| dims.iter().position(|d| matches!(d, Dim::Symbolic(s) if s != "batch")));
+            let Some(axis) = axis else {
+                return Err(Error::InvalidGeneration(format!(
+                    "state `{}` has no sequence axis: a recurrent state cannot be rewound",
+                    input.name
+                )));
+            };
+            let held = self.session.carried(&input.name)?;
+            let cut = keep_prefix(&held, axis, len)?;
+            self.session.set_carried(&input.name, cut.view())?;
+        }
+        self.position = len;
+        Ok(())
+    }
+
     /// Tokens consumed so far.
     pub fn position(&self) -> usize {
         self.position
@@ -206,7 +269,7 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
             return Err(Error::UnknownToken { id: i64::from(id), vocab: self.vocab });
         }
         if let Some(ctx) = self.bundle.context_length()
-            && self.bundle.architecture() == Architecture::Gpt2
+            && self.bundle.architecture().is_kv_decoder()
             && self.position + ids.len() > ctx
         {
             return Err(Error::ContextFull { needed: self.position + ids.len(), context_length: ctx });
@@ -261,7 +324,7 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
         }
         let mut sampler = Sampler::new(opts.sampling, self.vocab)?;
         if let Some(ctx) = self.bundle.context_length()
-            && self.bundle.architecture() == Architecture::Gpt2
+            && self.bundle.architecture().is_kv_decoder()
             && prompt.len() > ctx
         {
             return Err(Error::ContextFull { needed: prompt.len(), context_length: ctx });
@@ -284,7 +347,7 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
         let mut ids = Vec::with_capacity(reserve);
         let mut time_to_first_token = Duration::ZERO;
         let ctx = match self.bundle.architecture() {
-            Architecture::Gpt2 => self.bundle.context_length(),
+            Architecture::Gpt2 | Architecture::Llama => self.bundle.context_length(),
             _ => None,
         };
         let stop = loop {

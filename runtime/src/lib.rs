@@ -21,14 +21,19 @@ pub mod backend;
 pub mod budget;
 pub mod bundle;
 #[cfg(feature = "text")]
+pub mod chat;
+#[cfg(feature = "text")]
 pub mod embed;
 pub mod error;
 #[cfg(feature = "text")]
 pub mod eval;
 pub mod generate;
+#[cfg(any(feature = "tract", feature = "ort"))]
+pub(crate) mod kernels;
 pub mod model;
 #[cfg(feature = "npy")]
 pub mod npy;
+pub(crate) mod rewrite;
 pub mod sample;
 pub mod session;
 pub mod stream;
@@ -39,6 +44,8 @@ pub mod tokenizer;
 pub use backend::{BackendKind, Options};
 pub use budget::MemoryEstimate;
 pub use bundle::{Architecture, Bundle, BundleOptions};
+#[cfg(feature = "text")]
+pub use chat::{ChatTemplate, Conversation, Message, Reply};
 #[cfg(feature = "text")]
 pub use embed::Embedder;
 pub use error::{Error, Result};

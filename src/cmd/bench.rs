@@ -138,7 +138,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     let lines = match bundle.architecture() {
         Architecture::Bert => bench_encoder(&bundle, &args, &mut report)?,
-        Architecture::Lstm | Architecture::Gpt2 => bench_lm(&bundle, &args, &mut report)?,
+        Architecture::Lstm | Architecture::Gpt2 | Architecture::Llama => {
+            bench_lm(&bundle, &args, &mut report)?
+        }
     };
     report["peak_rss_bytes"] = json!(peak_rss_bytes());
     if args.json {
@@ -168,7 +170,7 @@ fn bench_lm(bundle: &Bundle, args: &BenchArgs, report: &mut serde_json::Value) -
         bail!("--prompt-tokens must be at least 1");
     }
     if let Some(ctx) = bundle.context_length()
-        && bundle.architecture() == Architecture::Gpt2
+        && bundle.architecture().is_kv_decoder()
         && p + g > ctx
     {
         bail!("--prompt-tokens {p} + --gen-tokens {g} exceed the model's context length {ctx}");

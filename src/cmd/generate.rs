@@ -1,46 +1,35 @@
-//! `ferrite generate BUNDLE (--prompt TEXT | --ids 1,2,3) [sampling flags] [--json] [--dump-logits FILE.npy]`.
+//! `ferrite generate BUNDLE (--prompt TEXT | --ids 1,2,3 | --chat MESSAGE [--system TEXT]) [sampling
+//! flags] [--json] [--dump-logits FILE.npy]`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ferrite_runtime::generate::{GenerateOptions, Generator};
-use ferrite_runtime::sample::SamplingParams;
-use ferrite_runtime::stream;
+use ferrite_runtime::Message;
+use ferrite_runtime::generate::Generator;
 
-use super::BundleFlags;
+use super::{BundleFlags, SamplingFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     /// The bundle directory (`ferrite export` output).
     pub bundle: PathBuf,
     /// Prompt text (tokenized with the bundle's tokenizer).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    #[arg(long, conflicts_with_all = ["ids", "chat"], required_unless_present_any = ["ids", "chat"])]
     pub prompt: Option<String>,
     /// Prompt token ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "chat")]
     pub ids: Option<Vec<u32>>,
-    /// Most new tokens.
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: usize,
-    /// Softmax temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Keep the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Nucleus sampling threshold in (0, 1] (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub repetition_penalty: f32,
-    /// PRNG seed: the same seed gives the same tokens.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Stop when the text contains STR (repeatable; the stop string is not printed).
-    #[arg(long = "stop", value_name = "STR")]
-    pub stop: Vec<String>,
+    /// A user message: the prompt is a one-turn conversation rendered with the bundle's chat
+    /// template (ending with the opening of the assistant's turn), and generation stops at the
+    /// template's end-of-turn tokens. A bundle without a chat template refuses it.
+    #[arg(long, value_name = "MESSAGE")]
+    pub chat: Option<String>,
+    /// System message of the --chat conversation.
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingFlags,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -54,24 +43,27 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let bundle = args.flags.open(&args.bundle)?;
     let tok = bundle.tokenizer();
-    let prompt: Vec<u32> = match (&args.ids, &args.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => bundle.require_tokenizer()?.encode(text, false)?,
-        (None, None) => bail!("give --prompt TEXT or --ids 1,2,3"),
+    let mut gen_opts = args.sampling.options()?;
+    let prompt: Vec<u32> = match (&args.ids, &args.prompt, &args.chat) {
+        (Some(ids), _, _) => ids.clone(),
+        (None, Some(text), _) => bundle.require_tokenizer()?.encode(text, false)?,
+        (None, None, Some(message)) => {
+            let template = bundle.require_chat_template().context("--chat needs a chat template")?;
+            let mut messages: Vec<Message> = args.system.iter().map(Message::system).collect();
+            messages.push(Message::user(message));
+            let text = template.render(&messages, true)?;
+            for &id in template.stop_ids() {
+                if !gen_opts.stop_ids.contains(&id) {
+                    gen_opts.stop_ids.push(id).map_err(|_| anyhow::anyhow!("too many end-of-turn tokens"))?;
+                }
+            }
+            bundle.require_tokenizer()?.encode(&text, false)?
+        }
+        (None, None, None) => bail!("give --prompt TEXT, --ids 1,2,3 or --chat MESSAGE"),
     };
-    let mut gen_opts = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            repetition_penalty: args.repetition_penalty,
-            seed: args.seed,
-        },
-        stop_strings: stream::stop_strings(&args.stop)?,
-        ..GenerateOptions::default()
-    };
-    if let Some(eos) = bundle.special_token("eos").and_then(|e| u32::try_from(e).ok()) {
+    if let Some(eos) = bundle.special_token("eos").and_then(|e| u32::try_from(e).ok())
+        && !gen_opts.stop_ids.contains(&eos)
+    {
         let _ = gen_opts.stop_ids.push(eos);
     }
     let mut generator = Generator::new(&bundle)?;

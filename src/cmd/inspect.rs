@@ -1,4 +1,6 @@
-//! `ferrite inspect MODEL [--json]`.
+//! `ferrite inspect MODEL [--json]`: an ONNX model, or a llama.cpp GGUF file (`gguf`).
+
+mod gguf;
 
 use std::path::PathBuf;
 
@@ -8,9 +10,11 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args, Debug)]
 pub struct InspectArgs {
-    /// The ONNX model file.
+    /// The ONNX model file, or a GGUF file (`.gguf`, or any file starting with `GGUF`).
     pub model: PathBuf,
-    /// Print JSON (keys: inputs, outputs, ops, initializer_bytes, opset, metadata, ...).
+    /// Print JSON (ONNX keys: inputs, outputs, ops, initializer_bytes, opset, metadata, ...;
+    /// GGUF keys: format, version, alignment, architecture, hyperparameters, metadata,
+    /// tensor_count, bytes_by_type, tensors, ...).
     #[arg(long)]
     pub json: bool,
 }
@@ -31,6 +35,9 @@ fn io_json(io: &IoInfo) -> Value {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
+    if gguf::is_gguf(&args.model) {
+        return gguf::run(&args.model, args.json);
+    }
     let model = Model::open(&args.model)?;
     let info = model.info();
     if args.json {

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared option parsing lives here.
 
 pub mod bench;
+pub mod chat;
 pub mod embed;
 pub mod eval;
 pub mod generate;
@@ -75,6 +76,50 @@ impl RunFlags {
             o = o.memory_budget(bytes);
         }
         o
+    }
+}
+
+/// Sampling and stopping flags shared by `generate` and `chat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingFlags {
+    /// Most new tokens (per reply, for `chat`).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold in (0, 1] (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// PRNG seed: the same seed gives the same tokens.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the text contains STR (repeatable; the stop string is not printed).
+    #[arg(long = "stop", value_name = "STR")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingFlags {
+    /// Generation options from these flags; `stop_ids` is left empty for the caller.
+    pub fn options(&self) -> ferrite_runtime::Result<ferrite_runtime::GenerateOptions> {
+        Ok(ferrite_runtime::GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: ferrite_runtime::SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop_strings: ferrite_runtime::stream::stop_strings(&self.stop)?,
+            ..ferrite_runtime::GenerateOptions::default()
+        })
     }
 }
 

@@ -343,7 +343,8 @@ impl Architecture for Gpt2 {
 
     /// 8-bit activation codes cap the shipped GPT's top-1 agreement with fp32 at ~98.4 % whatever
     /// the weights; 16-bit ones with GPTQ weights reach 99.15 %, and with ferrite's fused ops the
-    /// int8 step stays faster than fp32's on both backends (exporter/README.md, "Session 10").
+    /// int8 step stays faster than fp32's on both backends (exporter/README.md, "int8: GPTQ and
+    /// 16-bit activation codes").
     fn int8_activation_bits(&self) -> u8 {
         16
     }

@@ -1,19 +1,26 @@
-//! Keras 3 `.keras` archives of `Sequential[Embedding, LSTM…, Dense]` (a next-word model), read
-//! into the same LSTM language model as ferrite's own checkpoints ([`super::lstm::Lstm`]) and so
-//! exported as an `lstm` bundle with the same stateful interface.
+//! Keras 3 `.keras` archives of a next-word model — `[TextVectorization], Embedding, LSTM…,
+//! Dense`, written with the `Sequential` or the `Functional` API — read into the same LSTM
+//! language model as ferrite's own checkpoints ([`super::lstm::Lstm`]) and so exported as an
+//! `lstm` bundle with the same stateful interface.
 //!
-//! A `.keras` file is a zip holding `config.json` (the model's layers, in order),
-//! `metadata.json` (the Keras version) and `model.weights.h5`, in which Keras stores each layer's
-//! variables by index under a path made from its *class* name, numbered per class in layer order
-//! (`layers/lstm/cell/vars/0`, `layers/lstm_1/cell/vars/0`…), not from the layer's own name. The
-//! archive is read with the `zip` crate and the weights with `hdf5-pure` (no libhdf5, no Python).
+//! A `.keras` file is a zip holding `config.json` (the model's layers, and for a Functional model
+//! which layer feeds which), `metadata.json` (the Keras version), `model.weights.h5`, in which
+//! Keras stores each layer's variables by index under a path made from its *class* name,
+//! numbered per class in layer order (`layers/lstm/cell/vars/0`, `layers/lstm_1/cell/vars/0`…),
+//! not from the layer's own name, and `assets/` (an adapted `TextVectorization`'s
+//! `vocabulary.txt`). The archive is read with the `zip` crate and the weights with `hdf5-pure`
+//! (no libhdf5, no Python).
 //!
-//! It deliberately accepts only what the ONNX `LSTM` graph computes exactly: forward, stateless
+//! It deliberately accepts only what the ONNX `LSTM` graph computes exactly: a chain of layers
+//! (a Functional graph that branches or joins is refused, naming the layer); forward, stateless
 //! LSTMs with Keras's default activations (tanh, sigmoid), one shared `units`, no masking; a final
-//! `Dense` whose activation is linear or softmax; `Dropout` (an identity at inference). Anything
-//! else is an error naming the layer. The bundle's `logits` are always the Dense layer's output
-//! *before* a softmax, every position included, even when the last LSTM has
-//! `return_sequences: false` (Keras then serves only the last position's probabilities).
+//! `Dense` whose activation is linear or softmax (or a following `Activation` that is); `Dropout`
+//! and the other noise layers (identities at inference). A leading `TextVectorization` is not
+//! part of the graph, which starts at the ids it produces: its vocabulary becomes the bundle's
+//! tokenizer ([`vocabulary`]). Anything else is an error naming the layer. The bundle's `logits`
+//! are always the Dense layer's output *before* a softmax, every position included, even when the
+//! last LSTM has `return_sequences: false` (Keras then serves only the last position's
+//! probabilities).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -24,6 +31,7 @@ use serde_json::Value;
 use super::lstm::{Layer, Lstm};
 use crate::checkpoint::transpose;
 use crate::error::{ExportError, Result};
+use crate::vocab::WordVocabulary;
 
 /// The weights file inside a `.keras` archive.
 const WEIGHTS_ENTRY: &str = "model.weights.h5";
@@ -58,11 +66,19 @@ pub fn load(path: &Path) -> Result<Lstm> {
     Ok(model)
 }
 
-/// The opened archive: its parsed config and its weights file.
+/// The vocabulary of the `TextVectorization` layer the model at `path` starts with, if it has
+/// one (with the layer's `standardize` and `split` settings).
+pub fn vocabulary(path: &Path) -> Result<Option<WordVocabulary>> {
+    Archive::open(path)?.vocabulary()
+}
+
+/// The opened archive: its parsed config, its weights file and its vocabulary assets.
 struct Archive {
     path: PathBuf,
     config: Value,
     weights: hdf5_pure::File,
+    /// `assets/…/vocabulary.txt` entries (adapted `TextVectorization` layers), by entry name.
+    assets: HashMap<String, Vec<u8>>,
 }
 
 fn archive_error(path: &Path, message: impl Into<String>) -> ExportError {
@@ -106,7 +122,18 @@ impl Archive {
             .ok_or_else(|| archive_error(path, format!("no `{WEIGHTS_ENTRY}` entry")))?;
         let weights = hdf5_pure::File::from_bytes(weights)
             .map_err(|e| archive_error(path, format!("{WEIGHTS_ENTRY}: {e}")))?;
-        Ok(Archive { path: path.into(), config, weights })
+        let asset_names: Vec<String> = zip
+            .file_names()
+            .filter_map(|n| n.ok().map(|n| n.into_owned()))
+            .filter(|n| n.starts_with("assets/") && n.ends_with("/vocabulary.txt"))
+            .collect();
+        let mut assets = HashMap::new();
+        for name in asset_names {
+            if let Some(bytes) = read_entry(&mut zip, path, &name)? {
+                assets.insert(name, bytes);
+            }
+        }
+        Ok(Archive { path: path.into(), config, weights, assets })
     }
 
     /// An error about the layer `name` (class `class`) in `config.json`.
@@ -146,48 +173,257 @@ impl Archive {
         Ok(values)
     }
 
-    /// Walks `config.json`'s layers and reads each one's variables into an [`Lstm`].
-    fn model(&self) -> Result<Lstm> {
+    /// The model's layers in the order data flows through them: a `Sequential`'s list, or the
+    /// chain a `Functional` model's graph must be (one input, one output, every layer called
+    /// once on the previous one's output). A branch or a join is an error naming the layer.
+    fn layers(&self) -> Result<Vec<&Value>> {
         let config_path = self.path.join(CONFIG_ENTRY);
         let class = self.config.get("class_name").and_then(Value::as_str).unwrap_or("?");
-        if class != "Sequential" {
-            return Err(ExportError::UnknownArchitecture(format!(
-                "{}: a Keras `{class}` model; ferrite reads Sequential[Embedding, LSTM…, Dense]",
-                self.path.display()
-            )));
-        }
-        let layers = self
-            .config
-            .pointer("/config/layers")
-            .and_then(Value::as_array)
-            .ok_or_else(|| ExportError::config(&config_path, "no `config.layers` list"))?;
-
-        // Keras names each layer's weight group after its class, numbered per class in order.
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        let mut group = |snake: &'static str| {
-            let n = seen.entry(snake).or_insert(0);
-            let path = if *n == 0 { format!("layers/{snake}") } else { format!("layers/{snake}_{n}") };
-            *n += 1;
-            path
+        let layers = || {
+            self.config
+                .pointer("/config/layers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ExportError::config(&config_path, "no `config.layers` list"))
         };
+        match class {
+            "Sequential" => Ok(layers()?.iter().collect()),
+            "Functional" => self.functional_chain(layers()?),
+            _ => Err(ExportError::UnknownArchitecture(format!(
+                "{}: a Keras `{class}` model; ferrite reads Sequential and Functional chains of [TextVectorization], Embedding, LSTM…, Dense",
+                self.path.display()
+            ))),
+        }
+    }
 
+    /// Orders a Functional model's layers from its input to its output, refusing anything but a
+    /// chain.
+    fn functional_chain<'a>(&self, layers: &'a [Value]) -> Result<Vec<&'a Value>> {
+        let config_path = self.path.join(CONFIG_ENTRY);
+        let by_name: HashMap<&str, &Value> = layers.iter().map(|l| (layer_name(l), l)).collect();
+        // Producer name -> the layers that take its output.
+        let mut consumers: HashMap<&str, Vec<&str>> = HashMap::new();
+        for layer in layers {
+            let (name, class) = (layer_name(layer), layer_class(layer));
+            let err = |message: String| self.layer_error(name, class, message);
+            let nodes = layer.get("inbound_nodes").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            if nodes.len() > 1 {
+                return Err(err(format!(
+                    "called {} times (a shared layer); ferrite reads a chain of layers each called once",
+                    nodes.len()
+                )));
+            }
+            let mut inputs = Vec::new();
+            if let Some(node) = nodes.first() {
+                keras_tensor_sources(node, &mut inputs);
+            }
+            if inputs.len() > 1 {
+                return Err(err(format!(
+                    "takes {} inputs ({}): a branching graph; ferrite reads a chain of layers",
+                    inputs.len(),
+                    inputs.join(", ")
+                )));
+            }
+            if let Some(&from) = inputs.first() {
+                if !by_name.contains_key(from) {
+                    return Err(err(format!(
+                        "its input comes from `{from}`, which is not a layer of the model"
+                    )));
+                }
+                consumers.entry(from).or_default().push(name);
+            }
+        }
+        let ends = |key: &str| -> Result<Vec<&str>> {
+            let v = self.config.pointer(&format!("/config/{key}")).unwrap_or(&Value::Null);
+            // One endpoint is written `[name, 0, 0]`, several `[[name, 0, 0], …]`.
+            let list: Vec<&Value> = match v.as_array() {
+                Some(a) if a.first().is_some_and(Value::is_string) => vec![v],
+                Some(a) => a.iter().collect(),
+                None => Vec::new(),
+            };
+            Ok(list.iter().filter_map(|e| e.get(0).and_then(Value::as_str)).collect())
+        };
+        let (inputs, outputs) = (ends("input_layers")?, ends("output_layers")?);
+        let (&[input], &[output]) = (inputs.as_slice(), outputs.as_slice()) else {
+            return Err(ExportError::config(
+                &config_path,
+                format!(
+                    "the Functional model has inputs {inputs:?} and outputs {outputs:?}; ferrite reads one input and one output"
+                ),
+            ));
+        };
+        let mut chain = Vec::with_capacity(layers.len());
+        let mut at = input;
+        loop {
+            let layer = by_name.get(at).copied().ok_or_else(|| {
+                ExportError::config(
+                    &config_path,
+                    format!("the input or output `{at}` is not a layer of the model"),
+                )
+            })?;
+            chain.push(layer);
+            if at == output {
+                break;
+            }
+            match consumers.get(at).map(Vec::as_slice) {
+                Some(&[next]) => at = next,
+                Some(many) => {
+                    return Err(self.layer_error(
+                        at,
+                        layer_class(layer),
+                        format!(
+                            "its output feeds {} layers ({}): a branching graph; ferrite reads a chain of layers",
+                            many.len(),
+                            many.join(", ")
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(self.layer_error(
+                        at,
+                        layer_class(layer),
+                        format!("the chain from the input ends here, not at the output `{output}`"),
+                    ));
+                }
+            }
+        }
+        if let Some(stray) = layers.iter().find(|l| !chain.iter().any(|c| std::ptr::eq(*c, *l))) {
+            return Err(self.layer_error(
+                layer_name(stray),
+                layer_class(stray),
+                "is not on the chain from the input to the output",
+            ));
+        }
+        Ok(chain)
+    }
+
+    /// The weights-file group of every layer, by layer name: Keras names each after its class
+    /// (snake case), numbered per class in the order of `config.layers`.
+    fn weight_groups(&self) -> HashMap<String, String> {
+        let layers =
+            self.config.pointer("/config/layers").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut groups = HashMap::new();
+        for layer in layers {
+            let snake = snake_case(layer_class(layer));
+            let n = seen.entry(snake.clone()).or_insert(0);
+            let group = if *n == 0 { format!("layers/{snake}") } else { format!("layers/{snake}_{n}") };
+            *n += 1;
+            groups.insert(layer_name(layer).to_string(), group);
+        }
+        groups
+    }
+
+    /// The vocabulary of a `TextVectorization` layer at the head of the model, if there is one.
+    fn vocabulary(&self) -> Result<Option<WordVocabulary>> {
+        for layer in self.layers()? {
+            match layer_class(layer) {
+                "InputLayer" => continue,
+                "TextVectorization" => return self.text_vectorization(layer).map(Some),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a `TextVectorization` layer's settings and vocabulary (from its config when it was
+    /// given one, else from the archive's `assets/…/vocabulary.txt`, written when it was adapted).
+    fn text_vectorization(&self, layer: &Value) -> Result<WordVocabulary> {
+        let (name, class) = (layer_name(layer), layer_class(layer));
+        let cfg = layer.get("config").unwrap_or(&Value::Null);
+        let err = |message: String| self.layer_error(name, class, message);
+        let text = |key: &str| -> Result<Option<&str>> {
+            match cfg.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(err(format!("{key} {other} is not supported (a custom function)"))),
+            }
+        };
+        let mode = text("output_mode")?.unwrap_or("int");
+        if mode != "int" {
+            return Err(err(format!("output_mode {mode:?} is not supported (only \"int\": token ids)")));
+        }
+        if !cfg.get("ngrams").is_none_or(Value::is_null) {
+            return Err(err("ngrams are not supported".into()));
+        }
+        let standardize = text("standardize")?;
+        let split = text("split")?.unwrap_or("none");
+        if cfg.get("output_sequence_length").and_then(Value::as_u64).is_some() {
+            log::warn!(
+                "layer `{name}` (TextVectorization): output_sequence_length pads or cuts Keras's input; the bundle runs on the prompt's ids as they are"
+            );
+        }
+        let tokens: Vec<String> = match cfg.get("vocabulary") {
+            Some(Value::Array(list)) => {
+                let words: Vec<String> = list
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| err("vocabulary holds a non-string entry".into()))?;
+                // Keras prepends the padding "" and "[UNK]" unless the list starts with them.
+                if words.len() >= 2 && words[0].is_empty() && words[1] == "[UNK]" {
+                    words
+                } else {
+                    ["".to_string(), "[UNK]".to_string()].into_iter().chain(words).collect()
+                }
+            }
+            Some(Value::String(file)) => {
+                return Err(err(format!(
+                    "its vocabulary is the file {file:?}, which the archive does not hold: pass it with --vocab"
+                )));
+            }
+            _ => {
+                let entry = format!(
+                    "assets/{}/vocabulary.txt",
+                    self.weight_groups().get(name).cloned().unwrap_or_default()
+                );
+                let bytes = self.assets.get(&entry).ok_or_else(|| {
+                    err(format!("no vocabulary in its config nor an `{entry}` entry (was it adapted?)"))
+                })?;
+                let text = std::str::from_utf8(bytes).map_err(|e| err(format!("{entry}: not UTF-8: {e}")))?;
+                // As Keras reads it back: `splitlines()`, trailing empty lines dropped.
+                let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                while lines.last().is_some_and(String::is_empty) {
+                    lines.pop();
+                }
+                lines
+            }
+        };
+        WordVocabulary::text_vectorization(&self.path.join(name), tokens, standardize, split)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Walks the model's layers and reads each one's variables into an [`Lstm`].
+    fn model(&self) -> Result<Lstm> {
+        let config_path = self.path.join(CONFIG_ENTRY);
+        let groups = self.weight_groups();
         let mut embedding: Option<(usize, usize, Vec<f32>)> = None;
         let mut lstm_layers: Vec<Layer> = Vec::new();
         let mut hidden: Option<usize> = None;
         let mut head: Option<(Vec<f32>, Vec<f32>)> = None;
+        let mut head_activation: Option<String> = None;
         let mut last_returns_sequences = true;
-        for layer in layers {
-            let class = layer.get("class_name").and_then(Value::as_str).unwrap_or("?");
+        let mut text_vectorization: Option<usize> = None;
+        for layer in self.layers()? {
+            let class = layer_class(layer);
             let cfg = layer.get("config").unwrap_or(&Value::Null);
-            let name = cfg.get("name").and_then(Value::as_str).unwrap_or("?");
+            let name = layer_name(layer);
             let err = |message: String| self.layer_error(name, class, message);
-            if head.is_some() {
-                return Err(err("layers after the final Dense are not supported".into()));
+            let group = || groups.get(name).cloned().ok_or_else(|| err("not found in config.layers".into()));
+            if head.is_some() && !matches!(class, "Activation" | "Dropout") {
+                return Err(err(
+                    "layers after the final Dense are not supported (Activation and Dropout are)".into(),
+                ));
             }
             match class {
                 "InputLayer" => {}
-                // An identity at inference.
-                "Dropout" => {}
+                // Identities at inference.
+                "Dropout" | "SpatialDropout1D" | "GaussianDropout" | "GaussianNoise" | "AlphaDropout" => {}
+                "TextVectorization" => {
+                    if embedding.is_some() || text_vectorization.is_some() {
+                        return Err(err("a TextVectorization must come first, once".into()));
+                    }
+                    text_vectorization = Some(self.text_vectorization(layer)?.len());
+                }
                 "Embedding" => {
                     if embedding.is_some() || !lstm_layers.is_empty() {
                         return Err(err("the Embedding must come first, once".into()));
@@ -200,7 +436,12 @@ impl Archive {
                     check_not_quantised(cfg, &err)?;
                     let v = usize_of(cfg, "input_dim", &err)?;
                     let e = usize_of(cfg, "output_dim", &err)?;
-                    let var = format!("{}/vars/0", group("embedding"));
+                    if let Some(words) = text_vectorization.filter(|&w| w > v) {
+                        return Err(err(format!(
+                            "input_dim {v} is smaller than the TextVectorization's vocabulary of {words}"
+                        )));
+                    }
+                    let var = format!("{}/vars/0", group()?);
                     let table = self.tensor(&var, &format!("{name}.embeddings"), &[v, e])?;
                     embedding = Some((v, e, table));
                 }
@@ -221,7 +462,7 @@ impl Archive {
                         )));
                     }
                     let inp = if lstm_layers.is_empty() { *e } else { units };
-                    let base = format!("{}/cell/vars", group("lstm"));
+                    let base = format!("{}/cell/vars", group()?);
                     let kernel =
                         self.tensor(&format!("{base}/0"), &format!("{name}.kernel"), &[inp, 4 * units])?;
                     let recurrent = self.tensor(
@@ -247,18 +488,14 @@ impl Archive {
                     };
                     check_not_quantised(cfg, &err)?;
                     let activation = activation_of(cfg, "activation", "linear", &err)?;
-                    if !matches!(activation, "linear" | "softmax") {
-                        return Err(err(format!(
-                            "activation `{activation}` is not supported (linear or softmax; the bundle emits pre-softmax logits)"
-                        )));
-                    }
+                    check_head_activation(activation, &err)?;
                     let units = usize_of(cfg, "units", &err)?;
                     if units != *v {
                         return Err(err(format!(
                             "units {units} differs from the Embedding's input_dim {v}: a next-word model predicts its own vocabulary"
                         )));
                     }
-                    let base = format!("{}/vars", group("dense"));
+                    let base = format!("{}/vars", group()?);
                     let kernel = self.tensor(&format!("{base}/0"), &format!("{name}.kernel"), &[h, units])?;
                     let bias = if use_bias(cfg) {
                         self.tensor(&format!("{base}/1"), &format!("{name}.bias"), &[units])?
@@ -266,20 +503,95 @@ impl Archive {
                         vec![0.0; units]
                     };
                     head = Some((transpose(&kernel, h, units), bias));
+                    head_activation = Some(activation.to_string());
+                }
+                "Activation" => {
+                    let activation = activation_of(cfg, "activation", "linear", &err)?;
+                    if head.is_none() {
+                        return Err(err("an Activation is supported only after the final Dense".into()));
+                    }
+                    check_head_activation(activation, &err)?;
+                    if activation == "softmax" && head_activation.as_deref() == Some("softmax") {
+                        return Err(err("a second softmax after the Dense's own".into()));
+                    }
+                    if activation == "softmax" {
+                        head_activation = Some("softmax".into());
+                    }
                 }
                 other => {
                     return Err(err(format!(
-                        "layer class `{other}` is not supported (ferrite reads Sequential[Embedding, LSTM…, Dense], Dropout allowed)"
+                        "layer class `{other}` is not supported (ferrite reads [TextVectorization], Embedding, LSTM…, Dense; Dropout and a final Activation allowed)"
                     )));
                 }
             }
         }
         let missing =
-            |what: &str| ExportError::config(&config_path, format!("the Sequential has no {what} layer"));
+            |what: &str| ExportError::config(&config_path, format!("the model has no {what} layer"));
         let (vocab, embed, table) = embedding.ok_or_else(|| missing("Embedding"))?;
         let hidden = hidden.ok_or_else(|| missing("LSTM"))?;
         let (head_weight, head_bias) = head.ok_or_else(|| missing("final Dense"))?;
         Ok(Lstm { vocab, embed, hidden, embedding: table, layers: lstm_layers, head_weight, head_bias })
+    }
+}
+
+/// A layer's name (Functional configs carry it beside `config`, Sequential ones inside).
+fn layer_name(layer: &Value) -> &str {
+    layer
+        .get("name")
+        .and_then(Value::as_str)
+        .or_else(|| layer.pointer("/config/name").and_then(Value::as_str))
+        .unwrap_or("?")
+}
+
+fn layer_class(layer: &Value) -> &str {
+    layer.get("class_name").and_then(Value::as_str).unwrap_or("?")
+}
+
+/// The names of the layers whose outputs a Functional node consumes (each `__keras_tensor__`
+/// in its arguments, however nested).
+fn keras_tensor_sources<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") {
+                if let Some(name) = value.pointer("/config/keras_history/0").and_then(Value::as_str) {
+                    out.push(name);
+                }
+                return;
+            }
+            map.values().for_each(|v| keras_tensor_sources(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| keras_tensor_sources(v, out)),
+        _ => {}
+    }
+}
+
+/// Keras's `to_snake_case` for class names: `LSTM` → `lstm`, `TextVectorization` →
+/// `text_vectorization`, `SpatialDropout1D` → `spatial_dropout1d`.
+fn snake_case(class: &str) -> String {
+    let chars: Vec<char> = class.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        // `(.)([A-Z][a-z]+)` then `([a-z])([A-Z])`, as Keras's two regex passes do.
+        let starts_word = c.is_ascii_uppercase()
+            && i > 0
+            && (chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase())
+                || chars[i - 1].is_ascii_lowercase());
+        if starts_word {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The final activation: linear or softmax (the bundle emits the logits before it).
+fn check_head_activation(activation: &str, err: &impl Fn(String) -> ExportError) -> Result<()> {
+    if matches!(activation, "linear" | "softmax") {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "activation `{activation}` is not supported (linear or softmax; the bundle emits pre-softmax logits)"
+        )))
     }
 }
 

@@ -225,4 +225,8 @@ impl Architecture for Lstm {
     fn special_tokens(&self) -> BTreeMap<String, i64> {
         BTreeMap::new()
     }
+
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.vocab)
+    }
 }

@@ -1,13 +1,15 @@
-//! Source architectures: detection from a checkpoint directory (or a `.keras` archive), and one
-//! file per architecture that reads its weights and describes its graph.
+//! Source architectures: detection from a checkpoint directory (or a `.keras` archive or a GGUF
+//! file), and one file per architecture that reads its weights and describes its graph.
 //!
 //! An architecture knows its checkpoint's tensor names and its ONNX interface; it does not know
 //! how weights are quantised (it asks [`crate::quant`]) nor how bundles are written.
 
 pub mod bert;
+pub mod gguf;
 pub mod gpt2;
 pub mod keras;
 mod layers;
+pub mod llama;
 pub mod lstm;
 
 use std::collections::BTreeMap;
@@ -30,9 +32,12 @@ pub enum ArchKind {
     Gpt2,
     /// Hugging Face BERT encoders, sentence-transformers folders included.
     Bert,
-    /// A Keras 3 `.keras` archive of `Sequential[Embedding, LSTM…, Dense]`: a source format,
-    /// exported as an `lstm` bundle (the manifest says `lstm`).
+    /// A Keras 3 `.keras` archive of a Sequential or Functional chain `[TextVectorization],
+    /// Embedding, LSTM…, Dense`: a source format, exported as an `lstm` bundle (the manifest
+    /// says `lstm`).
     Keras,
+    /// Llama-family decoders: Hugging Face `llama`, `qwen2` and `mistral` checkpoints.
+    Llama,
 }
 
 /// What an exported output is, for the accuracy report.
@@ -91,6 +96,10 @@ pub trait Architecture {
     fn context_length(&self) -> Option<usize>;
     /// Special token ids from the config (`bos`, `eos`, `pad`…).
     fn special_tokens(&self) -> BTreeMap<String, i64>;
+    /// Number of token ids the model takes and predicts, when a vocabulary file must fit it.
+    fn vocab_size(&self) -> Option<usize> {
+        None
+    }
     /// Bits per activation value under int8 when the caller does not say (8, or 16 as two uint8
     /// digits: see `GraphBuilder::set_int8_activation_digits`).
     fn int8_activation_bits(&self) -> u8 {
@@ -110,7 +119,7 @@ pub enum Calibration {
     Decoder {
         /// Transformer layers (cache pairs).
         layers: usize,
-        /// Attention heads.
+        /// Heads of the KV cache (the key/value heads of a grouped-query model).
         heads: usize,
         /// Features per head.
         head_dim: usize,
@@ -136,14 +145,17 @@ pub(crate) fn usize_field(cfg: &Value, dir: &Path, key: &str) -> Result<usize> {
 }
 
 /// Detects the architecture of a checkpoint directory from its `config.json`, or of a file from
-/// its contents (only Keras archives are single files).
+/// its contents (Keras archives and GGUF files are single files).
 pub fn detect(dir: &Path) -> Result<ArchKind> {
     if dir.is_file() {
+        if gguf::is_gguf(dir) {
+            return Ok(ArchKind::Llama);
+        }
         if keras::is_archive(dir) {
             return Ok(ArchKind::Keras);
         }
         return Err(ExportError::UnknownArchitecture(format!(
-            "{}: a file that is not a Keras `.keras` archive (other sources are checkpoint directories)",
+            "{}: a file that is neither a Keras `.keras` archive nor a GGUF file (other sources are checkpoint directories)",
             dir.display()
         )));
     }
@@ -154,8 +166,9 @@ pub fn detect(dir: &Path) -> Result<ArchKind> {
     match cfg.get("model_type").and_then(Value::as_str) {
         Some("gpt2") => Ok(ArchKind::Gpt2),
         Some("bert") => Ok(ArchKind::Bert),
+        Some("llama" | "qwen2" | "mistral") => Ok(ArchKind::Llama),
         Some(other) => Err(ExportError::UnknownArchitecture(format!(
-            "{}: model_type `{other}` (supported: gpt2, bert, or ferrite's arch `lstm`)",
+            "{}: model_type `{other}` (supported: gpt2, bert, llama, qwen2, mistral, or ferrite's arch `lstm`)",
             dir.display()
         ))),
         None => Err(ExportError::UnknownArchitecture(format!(
@@ -165,7 +178,8 @@ pub fn detect(dir: &Path) -> Result<ArchKind> {
     }
 }
 
-/// Loads the checkpoint in `dir` (a directory, or a `.keras` file) as `kind` (detected when `None`).
+/// Loads the checkpoint in `dir` (a directory, a `.keras` file or a GGUF file) as `kind` (detected
+/// when `None`).
 pub fn load(dir: &Path, kind: Option<ArchKind>) -> Result<Box<dyn Architecture>> {
     let kind = match kind {
         Some(k) => k,
@@ -176,6 +190,8 @@ pub fn load(dir: &Path, kind: Option<ArchKind>) -> Result<Box<dyn Architecture>>
         ArchKind::Gpt2 => Box::new(gpt2::Gpt2::load(dir)?),
         ArchKind::Bert => Box::new(bert::Bert::load(dir)?),
         ArchKind::Keras => Box::new(keras::load(dir)?),
+        ArchKind::Llama if gguf::is_gguf(dir) => Box::new(gguf::load(dir)?),
+        ArchKind::Llama => Box::new(llama::Llama::load(dir)?),
     })
 }
 

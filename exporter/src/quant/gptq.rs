@@ -127,7 +127,7 @@ fn inverse_factor(h: &Hessian) -> Option<Array2<f64>> {
 
 /// Quantises the `[rows, cols]` weight `w` (rows = output channels, cols = input features,
 /// PyTorch's layout) to int8 codes with one symmetric scale per row, as
-/// [`super::int8::quantise_rows`] does, but rounding column by column with GPTQ's error
+/// [`super::int8_rows::quantise_rows`] does, but rounding column by column with GPTQ's error
 /// feedback under `h` (the Hessian of the layer's `cols` inputs). Returns `None` when `h` cannot
 /// be factorised or is not `cols` wide (the caller then rounds to nearest).
 pub fn quantise_rows(w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Option<(Vec<i8>, Vec<f32>)> {
@@ -141,7 +141,7 @@ pub fn quantise_rows(w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Option
     let mut row = vec![0f64; cols];
     for r in 0..rows {
         let src = &w[r * cols..(r + 1) * cols];
-        let scale = super::int8::row_scale(src);
+        let scale = super::int8_rows::row_scale(src);
         scales[r] = scale;
         let s = f64::from(scale);
         for (dst, v) in row.iter_mut().zip(src) {
@@ -214,7 +214,7 @@ mod tests {
         h.add(&x);
         assert_eq!(h.tokens(), tokens);
         let (g_codes, g_scales) = quantise_rows(&w, rows, cols, &h).expect("factorised");
-        let (r_codes, r_scales) = crate::quant::int8::quantise_rows(&w, rows, cols);
+        let (r_codes, r_scales) = crate::quant::int8_rows::quantise_rows(&w, rows, cols);
         assert_eq!(g_scales, r_scales);
         let err = |codes: &[i8], scales: &[f32]| -> f64 {
             let mut e = 0.0;

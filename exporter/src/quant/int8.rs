@@ -9,29 +9,8 @@
 //! that `-w` quantises to `-q` exactly. Embedding tables get int8 rows ([`gather`]).
 
 use super::Linear;
+use super::int8_rows::quantise_rows;
 use crate::onnx::{Attr, ElemType, GraphBuilder};
-
-/// The symmetric int8 scale of one weight row: `max|w| / 127`.
-pub fn row_scale(row: &[f32]) -> f32 {
-    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    // An all-zero row keeps scale 1 so the dequantised row is exactly zero, not NaN.
-    if max > 0.0 { max / 127.0 } else { 1.0 }
-}
-
-/// Per-row symmetric quantisation of a `[rows, cols]` matrix: (codes, one scale per row).
-pub fn quantise_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut codes = vec![0i8; w.len()];
-    let mut scales = vec![0f32; rows];
-    for r in 0..rows {
-        let row = &w[r * cols..(r + 1) * cols];
-        let scale = row_scale(row);
-        scales[r] = scale;
-        for (c, v) in row.iter().enumerate() {
-            codes[r * cols + c] = (v / scale).round().clamp(-127.0, 127.0) as i8;
-        }
-    }
-    (codes, scales)
-}
 
 /// The layer's weight as int8 codes `[inp, out]` (MatMulInteger's B) and f32 scales `[out]`.
 fn weight(g: &mut GraphBuilder, layer: &Linear<'_>, codes: &[i8], scales: &[f32]) -> (String, String) {
@@ -99,9 +78,10 @@ pub fn widened_rows(g: &mut GraphBuilder, name: &str, dims: [usize; 3], data: &[
 /// The codes are `q = round((x − min) / scale)`, so `x ≈ scale·q + min` and the row minimum is
 /// added back after the integer product: `Σ_i x_i·w_io ≈ scale·(q·W)_o + min·Σ_i w_io`, with the
 /// column sums of the int8 codes (`ReduceSum` of the codes, a constant both backends fold at
-/// load). Session 8 replaced a rounded integer zero point folded out in int32 (`min(x, 0)`,
-/// 21 nodes per matmul) with this form (14 nodes): ONNX Runtime dispatches every node at a
-/// decode step, and the 7 fewer made its int8 step ~10 % faster (docs/runtime.md).
+/// load). This form takes 14 nodes per matmul; a rounded integer zero point folded out in int32
+/// (`min(x, 0)`) takes 21 for the same accuracy, and ONNX Runtime running the standard nodes
+/// dispatches every one at a decode step (shipped GPT at position 10: 0.35–0.36 ms against
+/// 0.41–0.45 ms; exporter/README.md).
 pub fn matmul_per_token(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
     let w = store(g, layer);
     matmul_stored(g, x, &w)
@@ -156,8 +136,9 @@ pub fn gather_columns(g: &mut GraphBuilder, w: &StoredWeight, ids: &str) -> Stri
 /// `x · Wᵀ` for a weight already stored by [`store`] (the per-token scheme of
 /// [`matmul_per_token`]).
 ///
-/// The node sequence below is a contract with ferrite's tract backend: runtime/src/backend/
-/// tract_fuse.rs recognises exactly these nodes (and constants) and runs them as two fused ops.
+/// The node sequence below is a contract with ferrite's runtime: runtime/src/rewrite/
+/// int8_pattern.rs recognises exactly these nodes (and constants), and both backends run them
+/// as two fused ops.
 /// Change them together; tests/fused_int8.rs fails when a pattern stops being fused.
 pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String {
     let digits = g.int8_activation_digits();

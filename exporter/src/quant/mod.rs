@@ -10,6 +10,7 @@
 pub mod fp16;
 pub mod gptq;
 pub mod int8;
+pub mod int8_rows;
 pub mod q4;
 
 use crate::error::Result;

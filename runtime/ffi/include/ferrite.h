@@ -143,6 +143,11 @@ typedef enum ferrite_status {
    * A panic inside ferrite (a bug): the handle involved may be inconsistent, destroy it.
    */
   FERRITE_ERR_INTERNAL = 19,
+  /**
+   * The bundle has no chat template, or its template failed: a syntax error, a value it
+   * cannot use, or the template's own `raise_exception(...)`.
+   */
+  FERRITE_ERR_CHAT_TEMPLATE = 20,
 } ferrite_status;
 
 /**
@@ -206,6 +211,10 @@ typedef enum ferrite_architecture {
    * BERT sentence encoder (embeds).
    */
   FERRITE_ARCH_BERT = 2,
+  /**
+   * Llama-family language model (Llama, Qwen2, Mistral) with a KV cache (generates).
+   */
+  FERRITE_ARCH_LLAMA = 3,
 } ferrite_architecture;
 
 /**
@@ -323,6 +332,21 @@ typedef struct ferrite_bundle_info {
    */
   int64_t eos_id;
 } ferrite_bundle_info;
+
+/**
+ * One message of a conversation for `ferrite_chat_render`.
+ */
+typedef struct ferrite_chat_message {
+  /**
+   * `"system"`, `"user"` or `"assistant"` (a template may accept other roles): NUL-terminated
+   * UTF-8.
+   */
+  const char *role;
+  /**
+   * The message's text: NUL-terminated UTF-8.
+   */
+  const char *content;
+} ferrite_chat_message;
 
 /**
  * How a generator picks tokens. Fill with `ferrite_sampling_default_params()` (greedy).
@@ -601,6 +625,51 @@ enum ferrite_status ferrite_model_open(const char *path,
  * `model` is NULL or points to NULL or a live model handle no other thread is using.
  */
 void ferrite_model_destroy(struct ferrite_model **model);
+
+/**
+ * Renders `n_messages` messages with the bundle's chat template (the Jinja template in its
+ * `ferrite.json`) into the caller's buffer, as a NUL-terminated UTF-8 prompt. Non-zero
+ * `add_generation_prompt` appends the opening of an assistant turn: what a prompt for the
+ * model's reply ends with. Feed the result with `ferrite_generator_feed_text` and stop at the
+ * ids of `ferrite_chat_stop_ids`.
+ *
+ * `*written` receives the prompt's length in bytes, without the NUL. When `buf_len` is less
+ * than that length + 1 the call returns `FERRITE_ERR_BUFFER_TOO_SMALL` and writes nothing else:
+ * call with `buf` NULL and `buf_len` 0 to learn the size. A bundle without a chat template, a
+ * template error or a template's `raise_exception` is `FERRITE_ERR_CHAT_TEMPLATE`; a template
+ * that exceeds its fuel, recursion or output bounds is `FERRITE_ERR_RESOURCE_LIMIT`.
+ *
+ * `messages` and their strings are read during the call only. The bundle may be used by other
+ * threads at the same time.
+ *
+ * # Safety
+ * `bundle` is NULL or a live bundle; `messages` points to `n_messages` messages (NULL only when
+ * `n_messages` is 0) whose strings are NULL or NUL-terminated; `buf` is NULL (only with
+ * `buf_len` 0) or `buf_len` writable bytes; `written` is NULL or writable.
+ */
+enum ferrite_status ferrite_chat_render(const struct ferrite_bundle *bundle,
+                                        const struct ferrite_chat_message *messages,
+                                        size_t n_messages,
+                                        int32_t add_generation_prompt,
+                                        char *buf,
+                                        size_t buf_len,
+                                        size_t *written);
+
+/**
+ * The token ids that end an assistant turn for the bundle's chat template (its end-of-turn
+ * tokens, then the end-of-sequence token): at most 8. They go to `ids` (capacity `capacity`),
+ * their number to `*len`; when `capacity` is too small the call returns
+ * `FERRITE_ERR_BUFFER_TOO_SMALL` with `*len` set and copies nothing. A bundle without a chat
+ * template is `FERRITE_ERR_CHAT_TEMPLATE`.
+ *
+ * # Safety
+ * `bundle` is NULL or a live bundle; `ids` is NULL (only with `capacity` 0) or `capacity`
+ * writable ids; `len` is NULL or writable.
+ */
+enum ferrite_status ferrite_chat_stop_ids(const struct ferrite_bundle *bundle,
+                                          uint32_t *ids,
+                                          size_t capacity,
+                                          size_t *len);
 
 /**
  * Makes an embedder on a BERT bundle with a tokenizer (an LM bundle is

@@ -35,6 +35,8 @@ pub enum ferrite_architecture {
     FERRITE_ARCH_GPT2 = 1,
     /// BERT sentence encoder (embeds).
     FERRITE_ARCH_BERT = 2,
+    /// Llama-family language model (Llama, Qwen2, Mistral) with a KV cache (generates).
+    FERRITE_ARCH_LLAMA = 3,
 }
 
 /// How to open a bundle or a model. Fill with `ferrite_open_default_params()`.
@@ -202,6 +204,7 @@ pub unsafe extern "C" fn ferrite_bundle_get_info(
                 Architecture::Lstm => ferrite_architecture::FERRITE_ARCH_LSTM,
                 Architecture::Gpt2 => ferrite_architecture::FERRITE_ARCH_GPT2,
                 Architecture::Bert => ferrite_architecture::FERRITE_ARCH_BERT,
+                Architecture::Llama => ferrite_architecture::FERRITE_ARCH_LLAMA,
             } as i32,
             has_tokenizer: i32::from(b.tokenizer().is_some()),
             vocab_size: b.vocab_size().unwrap_or(0),

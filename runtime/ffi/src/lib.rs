@@ -2,13 +2,15 @@
 //! cbindgen from this crate and committed; `tests/header.rs` fails when it is stale).
 //!
 //! Opaque handles over `ferrite-runtime`: bundles and models (shareable across threads), and the
-//! per-thread objects made from them (generators, embedders, sessions). Every entry point checks
+//! per-thread objects made from them (generators, embedders, sessions); chat templates render
+//! into caller buffers. Every entry point checks
 //! its pointers, returns a `ferrite_status`, records a message (per thread and per handle), and
 //! catches panics. It adds no behaviour of its own: what a call does is what the runtime does.
 //! It does not export, train or download anything.
 #![allow(non_camel_case_types)]
 
 mod bundle;
+mod chat;
 mod embedder;
 mod generator;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod status;
 mod util;
 
 pub use bundle::*;
+pub use chat::*;
 pub use embedder::*;
 pub use generator::*;
 pub use session::*;

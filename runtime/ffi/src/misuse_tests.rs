@@ -30,14 +30,15 @@ fn last_error() -> String {
 
 #[test]
 fn status_names_cover_every_status_and_nothing_else() {
-    for code in 0..=19 {
+    for code in 0..=20 {
         let name = text(ferrite_status_name(code));
         assert!(name.starts_with("FERRITE_"), "{code}: {name}");
         assert_ne!(name, "FERRITE_STATUS_UNKNOWN");
     }
     assert_eq!(text(ferrite_status_name(0)), "FERRITE_OK");
     assert_eq!(text(ferrite_status_name(19)), "FERRITE_ERR_INTERNAL");
-    for code in [-1, 20, i32::MAX, i32::MIN] {
+    assert_eq!(text(ferrite_status_name(20)), "FERRITE_ERR_CHAT_TEMPLATE");
+    for code in [-1, 21, i32::MAX, i32::MIN] {
         assert_eq!(text(ferrite_status_name(code)), "FERRITE_STATUS_UNKNOWN");
     }
     assert_eq!(text(ferrite_version()), env!("CARGO_PKG_VERSION"));
@@ -57,6 +58,23 @@ fn null_handles_are_invalid_arguments_with_a_message() {
             FERRITE_ERR_INVALID_ARGUMENT
         );
         assert_eq!(len, 7, "a failed call wrote len");
+        let message = ferrite_chat_message { role: c"user".as_ptr(), content: c"hi".as_ptr() };
+        let mut buf = [0 as c_char; 8];
+        assert_eq!(
+            ferrite_chat_render(null(), &message, 1, 1, buf.as_mut_ptr(), buf.len(), &mut len),
+            FERRITE_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(last_error(), "`bundle` is NULL");
+        assert_eq!(
+            ferrite_chat_render(null(), &message, 1, 1, buf.as_mut_ptr(), buf.len(), null_mut()),
+            FERRITE_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(last_error(), "`written` is NULL");
+        assert_eq!(len, 7, "a failed call wrote len");
+        assert_eq!(
+            ferrite_chat_stop_ids(null(), ids.as_mut_ptr(), 4, &mut len),
+            FERRITE_ERR_INVALID_ARGUMENT
+        );
         let mut g = null_mut();
         assert_eq!(ferrite_generator_create(null(), null(), &mut g), FERRITE_ERR_INVALID_ARGUMENT);
         assert!(g.is_null());
@@ -294,9 +312,9 @@ fn handles_are_freed_once_and_nulled() {
 
 #[test]
 fn statuses_are_distinct_documented_values() {
-    let all: Vec<ferrite_status> = (0..=19)
+    let all: Vec<ferrite_status> = (0..=20)
         .map(|c| {
-            // SAFETY: 0..=19 are the discriminants of `ferrite_status` (repr(C), checked below
+            // SAFETY: 0..=20 are the discriminants of `ferrite_status` (repr(C), checked below
             // against the names).
             unsafe { std::mem::transmute::<i32, ferrite_status>(c) }
         })

@@ -60,6 +60,9 @@ pub enum ferrite_status {
     FERRITE_ERR_INVALID_GENERATION = 18,
     /// A panic inside ferrite (a bug): the handle involved may be inconsistent, destroy it.
     FERRITE_ERR_INTERNAL = 19,
+    /// The bundle has no chat template, or its template failed: a syntax error, a value it
+    /// cannot use, or the template's own `raise_exception(...)`.
+    FERRITE_ERR_CHAT_TEMPLATE = 20,
 }
 
 use ferrite_status::*;
@@ -103,6 +106,7 @@ impl From<Error> for Fail {
             Error::UnknownToken { .. } => FERRITE_ERR_UNKNOWN_TOKEN,
             Error::InvalidGeneration(_) => FERRITE_ERR_INVALID_GENERATION,
             Error::ContextFull { .. } => FERRITE_ERR_CONTEXT_FULL,
+            Error::ChatTemplate(_) => FERRITE_ERR_CHAT_TEMPLATE,
             // `Error` is non-exhaustive: a kind added later is reported, never lost.
             _ => FERRITE_ERR_BACKEND,
         };
@@ -179,7 +183,7 @@ pub extern "C" fn ferrite_last_error() -> *const c_char {
 /// `"FERRITE_STATUS_UNKNOWN"` for a value that is none of them). Never NULL; never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn ferrite_status_name(status: i32) -> *const c_char {
-    const ALL: [ferrite_status; 20] = [
+    const ALL: [ferrite_status; 21] = [
         FERRITE_OK,
         FERRITE_ERR_INVALID_ARGUMENT,
         FERRITE_ERR_INVALID_UTF8,
@@ -200,6 +204,7 @@ pub extern "C" fn ferrite_status_name(status: i32) -> *const c_char {
         FERRITE_ERR_CONTEXT_FULL,
         FERRITE_ERR_INVALID_GENERATION,
         FERRITE_ERR_INTERNAL,
+        FERRITE_ERR_CHAT_TEMPLATE,
     ];
     let Some(&status) = ALL.iter().find(|s| **s as i32 == status) else {
         return c"FERRITE_STATUS_UNKNOWN".as_ptr();
@@ -225,6 +230,7 @@ pub extern "C" fn ferrite_status_name(status: i32) -> *const c_char {
         FERRITE_ERR_CONTEXT_FULL => c"FERRITE_ERR_CONTEXT_FULL",
         FERRITE_ERR_INVALID_GENERATION => c"FERRITE_ERR_INVALID_GENERATION",
         FERRITE_ERR_INTERNAL => c"FERRITE_ERR_INTERNAL",
+        FERRITE_ERR_CHAT_TEMPLATE => c"FERRITE_ERR_CHAT_TEMPLATE",
     };
     name.as_ptr()
 }

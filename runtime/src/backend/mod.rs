@@ -10,23 +10,10 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::tensor::{Tensor, TensorView};
 
-#[cfg(any(feature = "tract", feature = "ort"))]
-mod attend;
-#[cfg(any(feature = "tract", feature = "ort"))]
-mod int8_pattern;
-mod onnx_graph;
 #[cfg(feature = "ort")]
 pub mod ort;
-#[cfg(feature = "ort")]
-mod ort_cache;
-#[cfg(feature = "ort")]
-mod ort_ops;
-#[cfg(any(feature = "tract", feature = "ort"))]
-mod row_quant;
 #[cfg(feature = "tract")]
 pub mod tract;
-#[cfg(feature = "tract")]
-mod tract_fuse;
 
 /// Which engine runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,7 +48,7 @@ impl std::str::FromStr for BackendKind {
 
 /// A graph input that marks a *step graph*, one generation steps through a token at a time: a
 /// KV-cache input (`past_key.*`) or an LSTM state (`h0`), the exporter's interface names
-/// (docs/bundle-format.md). tract's few-row int8 matmul is used, and budgeted, only there.
+/// (docs/loading.md). tract's few-row int8 matmul is used, and budgeted, only there.
 pub(crate) fn is_step_input(name: &str) -> bool {
     name.starts_with("past_key") || name == "h0"
 }
@@ -84,32 +71,32 @@ pub struct Options {
     /// then the project-local `.deps/onnxruntime/` that `scripts/setup-test-env.sh` fills.
     pub ort_library: Option<PathBuf>,
     /// Let ONNX Runtime prepack constant weights (faster matmuls, private copies of weights).
-    /// Off keeps external-data weights file-backed; see docs/runtime.md for the measured trade.
+    /// Off keeps external-data weights file-backed; see docs/loading.md for the measured trade.
     pub ort_prepacking: bool,
     /// Most bytes preparing and running the model may take, by [`crate::budget::estimate`];
     /// over it, preparing fails with `ResourceLimit` before the backend allocates (no limit: `None`).
     pub memory_budget: Option<u64>,
     /// On tract, run the exporter's per-token int8 quantisation subgraphs as two fused ops of
     /// ferrite's own (bit-identical outputs, fewer nodes per matmul; see
-    /// `backend/tract_fuse.rs`). On by default; off runs the file's standard nodes one by one.
+    /// `backend/tract/fuse.rs`). On by default; off runs the file's standard nodes one by one.
     pub tract_fused_int8: bool,
     /// On tract, run each of the exporter's attention blocks (decoders' keys-major ones,
     /// encoders' query-major ones) as one op of ferrite's own that reads Q, K, V and the mask
-    /// once instead of packing and copying them (`backend/tract_fuse/attention.rs`; equal to
+    /// once instead of packing and copying them (`backend/tract/attention.rs`; equal to
     /// rounding, not bit for bit). On by default.
     pub tract_fused_attention: bool,
     /// On tract, with the fused attention, keep a decoder's KV cache inside its attention ops
     /// and append each step's keys and values in place, instead of the file's `Concat` that
-    /// rebuilds the whole cache every step (`backend/tract_fuse/kv_cache.rs`; the same outputs).
+    /// rebuilds the whole cache every step (`backend/tract/kv_cache.rs`; the same outputs).
     /// On by default.
     pub tract_in_place_kv: bool,
     /// On ONNX Runtime, keep a decoder's KV cache in place: its attention blocks run as one
     /// custom operator of ferrite's over one buffer per layer that past and present share (IO
     /// binding), instead of the file's `Concat` that rebuilds the cache every step
-    /// (`backend/ort_cache.rs`; the same outputs to rounding). On by default.
+    /// (`backend/ort/cache.rs`; the same outputs to rounding). On by default.
     pub ort_in_place_kv: bool,
     /// On ONNX Runtime, run each per-token int8 quantisation and dequantisation of a ferrite
-    /// int8 export as one custom operator of ferrite's (`backend/ort_ops.rs`) instead of the
+    /// int8 export as one custom operator of ferrite's (`backend/ort/ops.rs`) instead of the
     /// file's 14 or 24 standard nodes around each `MatMulInteger` (the same arithmetic). On by
     /// default.
     pub ort_fused_int8: bool,

@@ -1,17 +1,15 @@
-//! The arithmetic of ferrite's fused attention, shared by tract's ops (`tract_fuse/attention.rs`,
-//! `tract_fuse/kv_cache.rs`) and ONNX Runtime's custom operator (`ort_ops.rs`): a vectorisable
-//! dot product, `e^x` and softmax, one (batch, head) of attention over rows that lie anywhere in a
-//! buffer ([`attend_head`]), and [`cached_attention`], a decoder step over an in-place cache of
-//! fixed capacity.
+//! The arithmetic of ferrite's fused attention, shared by tract's ops
+//! (backend/tract/attention.rs, backend/tract/kv_cache.rs) and ONNX Runtime's custom operator
+//! (backend/ort/ops.rs): a vectorisable dot product, `e^x` and softmax, and [`cached_attention`],
+//! a decoder step over an in-place cache of fixed capacity. Plain slices in and out, no tract or
+//! ONNX Runtime types.
 //!
 //! The order of the arithmetic is the exported graph's (scaled dot products, then the additive
 //! bias, then a max-subtracted softmax), with sums in a different order than a matrix kernel's,
 //! so results agree with the graph to rounding, not bit for bit.
 
-use tract_onnx::prelude::TractResult;
-#[cfg(feature = "tract")]
-use tract_onnx::tract_core::ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder, linalg::general_mat_mul};
-
+#[cfg(feature = "ort")]
+use super::ShapeMismatch;
 use super::row_quant::MAGIC;
 
 #[cfg(feature = "tract")]
@@ -79,79 +77,6 @@ pub(crate) fn softmax(row: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-#[cfg(feature = "tract")]
-/// Where the keys (or values) of one attention head sit: row `t` (`D` floats) starts at
-/// `data[base + t · stride]`. Head-major `[B, H, T, D]` tensors have `stride = D`; ferrite's
-/// in-place KV cache for tract (`tract_fuse/kv_cache.rs`) is position-major, `[T, B, H, D]`, so `stride = B · H · D`.
-#[derive(Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    pub data: &'a [f32],
-    pub base: usize,
-    pub stride: usize,
-}
-
-#[cfg(feature = "tract")]
-impl<'a> Rows<'a> {
-    fn row(&self, t: usize, d: usize) -> &'a [f32] {
-        &self.data[self.base + t * self.stride..][..d]
-    }
-
-    /// The `t × d` matrix of the first `t` rows, for ndarray's matrix product.
-    fn matrix(&self, t: usize, d: usize) -> TractResult<ArrayView2<'a, f32>> {
-        if t == 0 {
-            return Ok(ArrayView2::from_shape((0, d), &[][..])?);
-        }
-        Ok(ArrayView2::from_shape((t, d).strides((self.stride, 1)), &self.data[self.base..])?)
-    }
-}
-
-#[cfg(feature = "tract")]
-/// One (batch, head) of attention: `s` query rows (`q`, contiguous `s × d`) against the first
-/// `t` rows of `keys` and `values`; `bias_at(key, query)` is the additive bias. Writes the `s`
-/// context rows to `out`, `row_stride` floats apart. `probs` is scratch of at least `s · t`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(crate) fn attend_head(
-    q: &[f32],
-    keys: Rows<'_>,
-    values: Rows<'_>,
-    (s, t, d): (usize, usize, usize),
-    scale: f32,
-    bias_at: impl Fn(usize, usize) -> f32,
-    probs: &mut [f32],
-    out: &mut [f32],
-    row_stride: usize,
-) -> TractResult<()> {
-    let probs = &mut probs[..s * t];
-    if s == 1 {
-        // A decode step: one pass over the cache for the scores, one for the context.
-        for (ti, p) in probs.iter_mut().enumerate() {
-            *p = dot(keys.row(ti, d), q) * scale + bias_at(ti, 0);
-        }
-        softmax(probs);
-        let row = &mut out[..d];
-        row.iter_mut().for_each(|o| *o = 0.0);
-        for (ti, &p) in probs.iter().enumerate() {
-            row.iter_mut().zip(values.row(ti, d)).for_each(|(o, &x)| *o += p * x);
-        }
-        return Ok(());
-    }
-    // A prefill: Q·Kᵀ and probs·V as matrix products.
-    let qm = ArrayView2::from_shape((s, d), q)?;
-    let km = keys.matrix(t, d)?;
-    let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
-    general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
-    for (si, row) in probs.chunks_exact_mut(t.max(1)).take(s).enumerate() {
-        row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
-        softmax(row);
-    }
-    let pm = ArrayView2::from_shape((s, t), &probs[..])?;
-    let vm = values.matrix(t, d)?;
-    let mut om = ArrayViewMut2::from_shape((s, d).strides((row_stride, 1)), out)?;
-    general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
-    Ok(())
 }
 
 #[cfg(feature = "ort")]
@@ -294,7 +219,7 @@ impl CacheDims {
 
 #[cfg(feature = "ort")]
 /// A decoder layer's attention step on an in-place cache of fixed capacity (a multiple of
-/// [`KEY_BLOCK`]), as ONNX Runtime runs it (`ort_ops.rs`). Per (batch, head) the cache holds
+/// [`KEY_BLOCK`]), as ONNX Runtime runs it (`backend/ort/ops.rs`). Per (batch, head) the cache holds
 /// `capacity · D` floats: the keys in blocks ([`key_offset`]), the values as rows. Writes the
 /// step's keys and values (`k`, `v`, `[B, S, H·D]` as the projections give them) at positions
 /// `past..past + S`, then lets each query row (`q`, `[B, S, H·D]`) at position `past + i` attend
@@ -312,22 +237,24 @@ pub(crate) fn cached_attention(
     dims: CacheDims,
     scale: f32,
     out: &mut [f32],
-) -> TractResult<()> {
+) -> Result<(), ShapeMismatch> {
     let CacheDims { steps, capacity, past, .. } = dims;
-    tract_onnx::tract_core::internal::ensure!(
-        [q.len(), k.len(), v.len(), out.len()] == [dims.step_len(); 4]
-            && keys.len() == dims.cache_len()
-            && values.len() == dims.cache_len()
-            && past + steps <= capacity
-            && capacity % KEY_BLOCK == 0,
-        "cached attention: {dims:?} does not fit Q {}, K {}, V {}, caches {} and {}, output {}",
-        q.len(),
-        k.len(),
-        v.len(),
-        keys.len(),
-        values.len(),
-        out.len()
-    );
+    let fits = [q.len(), k.len(), v.len(), out.len()] == [dims.step_len(); 4]
+        && keys.len() == dims.cache_len()
+        && values.len() == dims.cache_len()
+        && past + steps <= capacity
+        && capacity % KEY_BLOCK == 0;
+    if !fits {
+        return Err(ShapeMismatch(format!(
+            "cached attention: {dims:?} does not fit Q {}, K {}, V {}, caches {} and {}, output {}",
+            q.len(),
+            k.len(),
+            v.len(),
+            keys.len(),
+            values.len(),
+            out.len()
+        )));
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: `cached_attention_avx2` only requires AVX2 and FMA, which the line above found
@@ -341,8 +268,9 @@ pub(crate) fn cached_attention(
 
 // The buffers go to the AVX2 copy and the kernel as separate arguments, not as one struct: as
 // function arguments the `&mut` slices tell LLVM they alias nothing, and it keeps the context
-// accumulators in registers. Bundled into a struct (tried, session 11) the context loop fell
-// back to scalar multiply-adds through the stack: 14 → 38 µs for 4 layers at position 199.
+// accumulators in registers. Bundled into a struct the context loop falls
+// back to scalar multiply-adds through the stack: 14 → 38 µs for 4 layers at position 199
+// (docs/pitfalls.md).
 #[cfg(feature = "ort")]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]

@@ -1,5 +1,5 @@
-//! The arithmetic of ferrite's fused int8 quantisation (`int8_pattern.rs`), shared by tract's
-//! ops (`tract_fuse.rs`) and ONNX Runtime's custom operators (`ort_ops.rs`). Each function
+//! The arithmetic of ferrite's fused int8 quantisation (`rewrite/int8_pattern.rs`), shared by tract's
+//! ops (`backend/tract/fuse.rs`) and ONNX Runtime's custom operators (`backend/ort/ops.rs`). Each function
 //! computes exactly what the standard nodes it replaces compute, in the same order and with the
 //! same f32 operations (division, not a multiplied reciprocal; ties-to-even rounding).
 
@@ -135,6 +135,45 @@ pub(crate) fn dequantise_rows(
         }
         if let Some(res) = residual {
             o.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(o, &x)| *o += x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantises_like_the_definition() {
+        // Ties, a constant row, an all-negative row, a lone spike, a row longer than 8 lanes.
+        let long: Vec<f32> = (0..21).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let rows: [&[f32]; 5] =
+            [&[0.5, 1.5, 2.5, -0.5], &[0.25; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0], &long];
+        for row in rows {
+            let (scale, lo) = row_scale(row, 255.0);
+            let want_lo = row.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
+            assert_eq!(lo.to_bits(), want_lo.to_bits());
+            assert_eq!(scale.to_bits(), want_scale.to_bits());
+            let mut codes = vec![0u8; row.len()];
+            quantise_row(row, scale, lo, &mut codes);
+            for (c, &v) in codes.iter().zip(row) {
+                assert_eq!(*c, ((v - lo) / scale).round_ties_even() as u8, "{row:?}");
+            }
+            assert_eq!(codes.iter().min(), Some(&0), "{row:?}");
+
+            // 16-bit digits: Round, then Floor(q · 1/256) and q − 256·high, as the exporter's nodes.
+            let (scale, lo) = row_scale(row, 65535.0);
+            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 65535.0);
+            assert_eq!(scale.to_bits(), want_scale.to_bits());
+            let (mut high, mut low) = (vec![0u8; row.len()], vec![0u8; row.len()]);
+            quantise_row_digits(row, scale, lo, &mut high, &mut low);
+            for ((&h, &l), &v) in high.iter().zip(&low).zip(row) {
+                let q = ((v - lo) / scale).round_ties_even();
+                let want_high = (q * (1.0 / 256.0)).floor();
+                assert_eq!((h, l), (want_high as u8, (q - want_high * 256.0) as u8), "{row:?}");
+            }
         }
     }
 }

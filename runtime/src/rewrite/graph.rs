@@ -1,6 +1,6 @@
 //! Reading and editing ONNX graphs as protobuf (`tract_onnx::pb`, always linked): what the
-//! load-time rewrites of both backends share (tract's fused ops in `tract_fuse`, ONNX Runtime's
-//! in-place KV cache in `ort_cache`). The files on disk are never changed.
+//! load-time rewrites of both backends share (tract's fused ops in `backend/tract/`, ONNX Runtime's
+//! in-place KV cache in `backend/ort/cache.rs`). The files on disk are never changed.
 
 use std::collections::HashMap;
 

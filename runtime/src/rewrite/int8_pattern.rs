@@ -1,8 +1,8 @@
 //! The exporter's per-token int8 quantisation subgraphs, found in an ONNX protobuf and replaced
 //! by two fused nodes (`ai.ferrite` domain): what both backends run instead of the ~14 (8-bit
 //! codes) or ~24 (16-bit codes as two digits) standard nodes around each `MatMulInteger` of a
-//! ferrite int8 export. tract runs the fused nodes as ops of its own (`tract_fuse.rs`), ONNX
-//! Runtime as custom operators (`ort_ops.rs`); the arithmetic both use is `row_quant.rs`.
+//! ferrite int8 export. tract runs the fused nodes as ops of its own (`backend/tract/fuse.rs`), ONNX
+//! Runtime as custom operators (`backend/ort/ops.rs`); the arithmetic both use is `kernels/row_quant.rs`.
 //!
 //! - quantise: `ReduceMin`, `ReduceMax → Sub(min) → Max(MIN_POSITIVE) → Mul(1/255)` (scale),
 //!   `Sub(x, min) → Div(scale) → Round → Cast(u8)` (codes) becomes one [`ROW_QUANTIZE`] node with
@@ -18,7 +18,7 @@
 
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
-use super::onnx_graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, int_scalar, ints_attr};
+use super::graph::{GraphIndex, ONNX_FLOAT, fusable_graph, int_attr, int_scalar, ints_attr};
 
 /// Op type of the fused quantisation node.
 pub(crate) const ROW_QUANTIZE: &str = "FerriteRowQuantizeU8";

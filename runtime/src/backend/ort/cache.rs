@@ -1,19 +1,19 @@
 //! An in-place KV cache for ONNX Runtime: at load, a ferrite-exported decoder's attention blocks
-//! become one custom operator of ferrite's, `ai.ferrite.FerriteInPlaceAttention` (`ort_ops.rs`),
+//! become one custom operator of ferrite's, `ai.ferrite.FerriteInPlaceAttention` (`backend/ort/ops.rs`),
 //! whose past and present caches are one buffer per layer that the backend binds by IO binding
 //! (`ort.rs`, `CacheState`).
 //!
 //! The exported file keeps standard ONNX (issue 3: both backends run it as written), and in it
 //! every decode step `Concat`s the whole cache with the step's keys and values into a fresh
 //! `present_*` tensor: ONNX values cannot alias, so the cache is rewritten every step and a step
-//! at position 200 cost 1.38–1.62× a step at position 10 on ONNX Runtime (BENCHMARKS.md). The
+//! at position 200 costs 1.38–1.62× a step at position 10 on ONNX Runtime (BENCHMARKS.md). The
 //! operator is given the same buffer as its `past_*` input and its `present_*` output (ONNX
 //! Runtime hands a kernel the caller's pre-bound output buffer), writes a step's rows at the past
 //! length and reads the earlier rows where they lie, with the causal mask built in — the
-//! arithmetic of tract's fused attention (`attend.rs`). Sessions 9 and 10 used ONNX Runtime's
-//! own `com.microsoft.GroupQueryAttention` in its shared-buffer mode for this; its CPU kernel
-//! grows by ~0.09 µs per position and layer (MLAS products packed per head), which made the int8
-//! step at position 200 cost 1.31–1.53× the step at position 10 (docs/runtime.md, "Session 11").
+//! arithmetic of tract's fused attention (`kernels/attention.rs`). ONNX Runtime's own
+//! `com.microsoft.GroupQueryAttention` in its shared-buffer mode does the same job, but its CPU
+//! kernel grows by ~0.09 µs per position and layer (MLAS products packed per head): with it the
+//! int8 step at position 200 costs 1.31–1.53× the step at position 10 (docs/onnxruntime.md).
 //!
 //! Per layer the exporter writes (exporter/src/arch/gpt2.rs), with `q`, `k`, `v` the `[B, S, H·D]`
 //! thirds of the fused QKV projection:
@@ -30,15 +30,15 @@
 
 use tract_onnx::pb::{self, GraphProto, ModelProto, NodeProto};
 
-use super::attend::{KEY_BLOCK, key_offset};
-use super::int8_pattern::DOMAIN;
-use super::onnx_graph::{
+use crate::kernels::attention::{KEY_BLOCK, key_offset};
+use crate::rewrite::graph::{
     CacheNames, GraphIndex, ONNX_INT64, PAST_LENGTH, fusable_graph, int_attr, ints_attr, past_length_gather,
     past_length_node, remove_dead_nodes, value_info,
 };
+use crate::rewrite::int8_pattern::DOMAIN;
 
 /// Op type of the operator (registered with ONNX Runtime only; tract's in-place cache is its own
-/// op, `tract_fuse/kv_cache.rs`).
+/// op, `backend/tract/kv_cache.rs`).
 pub(crate) const IN_PLACE_ATTENTION: &str = "FerriteInPlaceAttention";
 
 /// What the rewrite found: the layers in order and the cache geometry.

@@ -16,13 +16,15 @@ use prost::Message;
 
 use tract_onnx::pb;
 
-use super::int8_pattern::{DOMAIN, Fused, fuse_row_quantisation};
-use super::onnx_graph::{Half, PAST_LENGTH, cache_slot};
-use super::ort_cache::{self, CacheGraph, Geometry, Layout};
-use super::ort_ops;
+mod cache;
+mod ops;
+
+use self::cache::{CacheGraph, Geometry, Layout};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::rewrite::graph::{Half, PAST_LENGTH, cache_slot};
+use crate::rewrite::int8_pattern::{DOMAIN, Fused, fuse_row_quantisation};
 use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
 
 const NAME: &str = "ort";
@@ -106,7 +108,7 @@ pub(crate) struct OrtModel {
     /// The file's inputs (a rewritten graph's own inputs follow them in the session).
     input_names: Vec<String>,
     output_names: Vec<String>,
-    /// Set when the session keeps a decoder's KV caches in place (`ort_cache.rs`).
+    /// Set when the session keeps a decoder's KV caches in place (`backend/ort/cache.rs`).
     cache: Option<Arc<CacheMap>>,
     rewrites: Rewrites,
 }
@@ -163,8 +165,8 @@ impl OrtModel {
     }
 
     /// The file rewritten in memory for ONNX Runtime, or `None` when no rewrite applies: a
-    /// decoder step graph's attention as ferrite's operator on an in-place cache (`ort_cache.rs`),
-    /// and an int8 file's per-token quantisation as ferrite's operators (`ort_ops.rs`).
+    /// decoder step graph's attention as ferrite's operator on an in-place cache (`backend/ort/cache.rs`),
+    /// and an int8 file's per-token quantisation as ferrite's operators (`backend/ort/ops.rs`).
     fn prepare_rewritten(
         model: &Model,
         options: &Options,
@@ -177,7 +179,7 @@ impl OrtModel {
             .iter()
             .position(|i| i.name == "input_ids" && i.shape.as_ref().is_some_and(|s| s.len() == 2));
         let cache = match ids {
-            Some(ids) if options.ort_in_place_kv => ort_cache::rewrite(&mut proto).map(|graph| {
+            Some(ids) if options.ort_in_place_kv => cache::rewrite(&mut proto).map(|graph| {
                 let inputs = info.inputs.iter().map(|i| cache_slot(&graph.layers, &i.name)).collect();
                 let outputs = info.outputs.iter().map(|o| cache_slot(&graph.layers, &o.name)).collect();
                 CacheMap { graph, inputs, outputs, ids }
@@ -200,7 +202,7 @@ impl OrtModel {
         let mut builder = builder(env, options)?
             .with_config_entry("session.model_external_initializers_file_folder_path", dir)
             .map_err(|e| backend_err("configuring the session", e))?;
-        let domain = ort_ops::domain().map_err(|e| backend_err("registering ferrite's operators", e))?;
+        let domain = ops::domain().map_err(|e| backend_err("registering ferrite's operators", e))?;
         builder =
             builder.with_operators(domain).map_err(|e| backend_err("registering ferrite's operators", e))?;
         let session = builder.commit_from_memory(&bytes).map_err(|e| classify(model, e))?;
@@ -327,7 +329,7 @@ struct OrtState {
 /// A session's in-place KV caches on ONNX Runtime: one `[B, H, capacity, D]` buffer per layer
 /// and half, bound by this state's `IoBinding` as both the `past_*` input and the `present_*`
 /// output, so ferrite's attention operator appends a step's rows where the cache lies
-/// (`ort_cache.rs`).
+/// (`backend/ort/cache.rs`).
 /// The buffers double when a step would outgrow them. A failed run leaves the lengths as they
 /// were: the operator writes only at positions from the past length on, so nothing is lost.
 struct CacheState {
@@ -393,7 +395,7 @@ impl CacheState {
                     let (_, to) = pair[h].extract_tensor_mut();
                     let dims = (geometry.batch, geometry.heads, len, geometry.head_dim);
                     let from = (from, Layout::of_buffer(h, old_geometry.capacity));
-                    ort_cache::copy_positions(from, (to, Layout::of_buffer(h, geometry.capacity)), dims);
+                    cache::copy_positions(from, (to, Layout::of_buffer(h, geometry.capacity)), dims);
                 }
             }
             buffers.push(pair);
@@ -425,8 +427,8 @@ impl CacheState {
             return Ok(());
         }
         let capacity = match current {
-            Some((b, capacity)) if b == batch => ort_cache::grown_capacity(capacity, needed),
-            _ => ort_cache::grown_capacity(0, needed),
+            Some((b, capacity)) if b == batch => cache::grown_capacity(capacity, needed),
+            _ => cache::grown_capacity(0, needed),
         };
         let graph = &self.map.graph;
         let geometry = Geometry { batch, heads: graph.heads, capacity, head_dim: graph.head_dim };
@@ -456,7 +458,7 @@ impl CacheState {
         let i = half_index(half);
         let (_, to) = self.buffers[layer][i].extract_tensor_mut();
         let into = (to, Layout::of_buffer(i, capacity));
-        ort_cache::copy_positions((data, Layout::Rows { capacity: t }), into, (b, h, t, d));
+        cache::copy_positions((data, Layout::Rows { capacity: t }), into, (b, h, t, d));
         self.lens[layer][i] = t;
         Ok(())
     }
@@ -475,7 +477,7 @@ impl CacheState {
         let (_, from) = self.buffers[at.0][half].extract_tensor();
         let from = (from, Layout::of_buffer(half, capacity));
         let into = (&mut out[..], Layout::Rows { capacity: shape[2] });
-        ort_cache::copy_positions(from, into, (shape[0], shape[1], shape[2], shape[3]));
+        cache::copy_positions(from, into, (shape[0], shape[1], shape[2], shape[3]));
         Tensor::from_data(shape, TensorData::F32(out))
     }
 

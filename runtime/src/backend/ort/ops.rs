@@ -1,15 +1,15 @@
 //! ferrite's custom operators for ONNX Runtime (ort's `operator` API, no new dependency), in
 //! the `ai.ferrite` domain, registered with a session whose graph was rewritten at load:
 //! - `FerriteInPlaceAttention`: a decoder layer's attention on a KV cache kept in place
-//!   (`ort_cache.rs` rewrites the graph; the arithmetic is `attend.rs`, shared with tract);
+//!   (`backend/ort/cache.rs` rewrites the graph; the arithmetic is `kernels/attention.rs`, shared with tract);
 //! - `FerriteRowQuantizeU8` and `FerriteRowDequantize`: fused int8 quantisation, below.
 //!
 //! ONNX Runtime runs the standard nodes of a ferrite int8 export (14 per `MatMulInteger` with
 //! 8-bit activation codes, 24 with 16-bit ones) one kernel dispatch each; at a decode step, where
 //! every tensor is one row, the dispatches cost more than the integer products save (16-bit: the
-//! int8 step was 1.1–1.2× the fp32 step; docs/runtime.md, "Session 10"). At load, the same
-//! rewrite that tract uses (`int8_pattern.rs`) replaces each pattern by two `ai.ferrite` nodes,
-//! which compute what the replaced nodes compute (`row_quant.rs`, shared with tract's ops).
+//! int8 step was 1.1–1.2× the fp32 step; docs/onnxruntime.md). At load, the same
+//! rewrite that tract uses (`rewrite/int8_pattern.rs`) replaces each pattern by two `ai.ferrite` nodes,
+//! which compute what the replaced nodes compute (`kernels/row_quant.rs`, shared with tract's ops).
 //! `MatMulInteger` itself stays ONNX Runtime's.
 
 use ort::operator::{
@@ -17,10 +17,10 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-use super::attend::{CacheDims, cached_attention};
-use super::int8_pattern::{DOMAIN, ROW_DEQUANTIZE, ROW_QUANTIZE};
-use super::ort_cache::{IN_PLACE_ATTENTION, Layout, copy_positions};
-use super::row_quant::{dequantise_rows, quantise_rows};
+use super::cache::{IN_PLACE_ATTENTION, Layout, copy_positions};
+use crate::kernels::attention::{CacheDims, cached_attention};
+use crate::kernels::row_quant::{dequantise_rows, quantise_rows};
+use crate::rewrite::int8_pattern::{DOMAIN, ROW_DEQUANTIZE, ROW_QUANTIZE};
 
 /// The `ai.ferrite` domain with all three operators, to register on a session builder.
 pub(crate) fn domain() -> ort::Result<OperatorDomain> {

@@ -28,8 +28,11 @@ use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
 };
 
-use super::{DOMAIN, GraphIndex, Match, ints_attr, owned};
-use crate::backend::attend::{Rows, attend_head};
+use super::fuse::owned;
+use crate::kernels::attention::{dot, softmax};
+use crate::rewrite::graph::{GraphIndex, int_attr, ints_attr};
+use crate::rewrite::int8_pattern::{DOMAIN, Match};
+use tract_onnx::tract_core::ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder, linalg::general_mat_mul};
 
 /// Op type of the fused attention node (registered in tract's ONNX op registry only).
 pub(crate) const ATTENTION: &str = "FerriteAttention";
@@ -75,8 +78,7 @@ pub(super) fn match_attention(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) ->
     let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
     let (vt_i, vt) = ix.node(g, &ctx.input[0], "Transpose", 1)?;
     let (sm_i, sm) = ix.node(g, &ctx.input[1], "Softmax", 1)?;
-    if !is_transpose(vt, &[0, 1, 3, 2]) || sm.attribute.len() != 1 || super::int_attr(sm, "axis") != Some(-2)
-    {
+    if !is_transpose(vt, &[0, 1, 3, 2]) || sm.attribute.len() != 1 || int_attr(sm, "axis") != Some(-2) {
         return None;
     }
     let Scores {
@@ -115,7 +117,7 @@ pub(super) fn match_query_major(ix: &GraphIndex<'_>, g: &GraphProto, at: usize) 
     let out = anchor(g, at, &[0, 2, 1, 3])?;
     let (ctx_i, ctx) = ix.node(g, &out.input[0], "MatMul", 2)?;
     let (sm_i, sm) = ix.node(g, &ctx.input[0], "Softmax", 1)?;
-    if sm.attribute.len() != 1 || !matches!(super::int_attr(sm, "axis"), Some(-1 | 3)) {
+    if sm.attribute.len() != 1 || !matches!(int_attr(sm, "axis"), Some(-1 | 3)) {
         return None;
     }
     let Scores {
@@ -313,6 +315,76 @@ impl TypedOp for Attention {
     }
 
     as_op!();
+}
+
+/// Where the keys (or values) of one attention head sit: row `t` (`D` floats) starts at
+/// `data[base + t · stride]`. Head-major `[B, H, T, D]` tensors have `stride = D`; ferrite's
+/// in-place KV cache for tract (`backend/tract/kv_cache.rs`) is position-major, `[T, B, H, D]`, so `stride = B · H · D`.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn row(&self, t: usize, d: usize) -> &'a [f32] {
+        &self.data[self.base + t * self.stride..][..d]
+    }
+
+    /// The `t × d` matrix of the first `t` rows, for ndarray's matrix product.
+    fn matrix(&self, t: usize, d: usize) -> TractResult<ArrayView2<'a, f32>> {
+        if t == 0 {
+            return Ok(ArrayView2::from_shape((0, d), &[][..])?);
+        }
+        Ok(ArrayView2::from_shape((t, d).strides((self.stride, 1)), &self.data[self.base..])?)
+    }
+}
+
+/// One (batch, head) of attention: `s` query rows (`q`, contiguous `s × d`) against the first
+/// `t` rows of `keys` and `values`; `bias_at(key, query)` is the additive bias. Writes the `s`
+/// context rows to `out`, `row_stride` floats apart. `probs` is scratch of at least `s · t`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn attend_head(
+    q: &[f32],
+    keys: Rows<'_>,
+    values: Rows<'_>,
+    (s, t, d): (usize, usize, usize),
+    scale: f32,
+    bias_at: impl Fn(usize, usize) -> f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+    row_stride: usize,
+) -> TractResult<()> {
+    let probs = &mut probs[..s * t];
+    if s == 1 {
+        // A decode step: one pass over the cache for the scores, one for the context.
+        for (ti, p) in probs.iter_mut().enumerate() {
+            *p = dot(keys.row(ti, d), q) * scale + bias_at(ti, 0);
+        }
+        softmax(probs);
+        let row = &mut out[..d];
+        row.iter_mut().for_each(|o| *o = 0.0);
+        for (ti, &p) in probs.iter().enumerate() {
+            row.iter_mut().zip(values.row(ti, d)).for_each(|(o, &x)| *o += p * x);
+        }
+        return Ok(());
+    }
+    // A prefill: Q·Kᵀ and probs·V as matrix products.
+    let qm = ArrayView2::from_shape((s, d), q)?;
+    let km = keys.matrix(t, d)?;
+    let mut pm = ArrayViewMut2::from_shape((s, t), &mut probs[..])?;
+    general_mat_mul(1.0, &qm, &km.t(), 0.0, &mut pm);
+    for (si, row) in probs.chunks_exact_mut(t.max(1)).take(s).enumerate() {
+        row.iter_mut().enumerate().for_each(|(ti, p)| *p = *p * scale + bias_at(ti, si));
+        softmax(row);
+    }
+    let pm = ArrayView2::from_shape((s, t), &probs[..])?;
+    let vm = values.matrix(t, d)?;
+    let mut om = ArrayViewMut2::from_shape((s, d).strides((row_stride, 1)), out)?;
+    general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! element-wise/reduce nodes before the matmul and 5 after it, which both backends run — but
 //! tract evaluates each node on its own (dispatch, an output allocation, a pass over the data),
 //! and at a decode step, where every tensor is one row, those nodes cost more than the int8
-//! matmul saves (measured: docs/runtime.md, "Session 5: fused int8 quantisation").
+//! matmul saves (measured: docs/tract.md, "Fused int8 quantisation").
 //!
 //! Before tract parses a ferrite-exported file, [`fuse_row_quantisation`] rewrites the in-memory
 //! protobuf (the file, and what ONNX Runtime sees, are unchanged):
@@ -23,15 +23,6 @@
 //! is only replaced when every intermediate value is used inside it alone, the constants are
 //! exactly the exporter's, and the file says it was written by ferrite's exporter.
 
-mod attention;
-mod kv_cache;
-mod matmul_i8;
-pub(crate) use attention::ATTENTION;
-pub(crate) use kv_cache::{
-    CACHED_ATTENTION, CacheNames, CachedAttention, Half, KvCache, PAST_LENGTH, fuse_kv_cache,
-};
-pub(crate) use matmul_i8::MATMUL_I8;
-
 use tract_onnx::pb::{ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -40,11 +31,13 @@ use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity, expand,
 };
 
-use super::int8_pattern::{DOMAIN, Match, apply};
-pub(crate) use super::int8_pattern::{ROW_DEQUANTIZE, ROW_QUANTIZE, fuse_row_quantisation};
-use super::row_quant::{dequantise_rows, quantise_rows};
-
-use super::onnx_graph::{GraphIndex, fusable_graph, int_attr, ints_attr};
+use super::attention::{self, ATTENTION};
+use super::kv_cache::{self, CACHED_ATTENTION, CachedAttention};
+use super::matmul_i8::{self, MATMUL_I8};
+use crate::kernels::row_quant::{dequantise_rows, quantise_rows};
+use crate::rewrite::graph::{GraphIndex, fusable_graph};
+use crate::rewrite::int8_pattern::apply;
+pub(crate) use crate::rewrite::int8_pattern::{ROW_DEQUANTIZE, ROW_QUANTIZE, fuse_row_quantisation};
 
 /// Registers both fused ops with a tract ONNX parser.
 pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
@@ -72,7 +65,7 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
 }
 
 /// Rewrites the exporter's attention blocks (keys-major in decoders, query-major in encoders) of
-/// a ferrite-exported model into one `FerriteAttention` node each (see `tract_fuse/attention.rs`); returns how many.
+/// a ferrite-exported model into one `FerriteAttention` node each (see `backend/tract/attention.rs`); returns how many.
 pub(crate) fn fuse_attention(model: &mut ModelProto) -> usize {
     let Some(graph) = fusable_graph(model) else { return 0 };
     let mut fused = 0;
@@ -92,7 +85,7 @@ pub(crate) fn fuse_attention(model: &mut ModelProto) -> usize {
 
 /// Rewrites the int8 `MatMulInteger` nodes of a ferrite-exported step graph (a decoder with a
 /// KV cache, an LSTM) into `FerriteMatMulI8`, which has a kernel for one activation row (see
-/// `tract_fuse/matmul_i8.rs`); returns how many. Run after [`fuse_row_quantisation`], whose
+/// `backend/tract/matmul_i8.rs`); returns how many. Run after [`fuse_row_quantisation`], whose
 /// dequantisation pattern starts at a `MatMulInteger`.
 pub(crate) fn fuse_int8_matmuls(model: &mut ModelProto) -> usize {
     let Some(graph) = fusable_graph(model) else { return 0 };
@@ -180,7 +173,7 @@ impl Op for RowQuantize {
 }
 
 /// A tensor holding `data` (tract copies it into its own aligned buffer).
-fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> TractResult<TValue> {
+pub(super) fn owned<T: Datum>(shape: &[usize], data: Vec<T>) -> TractResult<TValue> {
     let array = tract_onnx::tract_core::ndarray::ArrayD::from_shape_vec(shape, data)?;
     Ok(Tensor::from(array).into_tvalue())
 }
@@ -423,9 +416,8 @@ impl TypedOp for RowDequantize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::int8_pattern::Fused;
-    use super::super::row_quant::{quantise_row, quantise_row_digits, row_scale};
     use super::*;
+    use crate::rewrite::int8_pattern::Fused;
     use tract_onnx::pb;
 
     fn shipped_gpt_int8() -> ModelProto {
@@ -491,39 +483,5 @@ mod tests {
         let fused = fuse_row_quantisation(&mut model);
         assert_eq!(fused, Fused { quantize: matmuls - 1, dequantize: matmuls - 1 });
         assert_eq!(count(&model, "Round"), 1);
-    }
-
-    #[test]
-    fn quantises_like_the_standard_nodes() {
-        // Ties, a constant row, an all-negative row, a lone spike, a row longer than 8 lanes.
-        let long: Vec<f32> = (0..21).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let rows: [&[f32]; 5] =
-            [&[0.5, 1.5, 2.5, -0.5], &[0.25; 4], &[-1.0, -2.0, -3.0, -4.0], &[0.0, 0.0, 1e-3, 100.0], &long];
-        for row in rows {
-            let (scale, lo) = row_scale(row, 255.0);
-            let want_lo = row.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 255.0);
-            assert_eq!(lo.to_bits(), want_lo.to_bits());
-            assert_eq!(scale.to_bits(), want_scale.to_bits());
-            let mut codes = vec![0u8; row.len()];
-            quantise_row(row, scale, lo, &mut codes);
-            for (c, &v) in codes.iter().zip(row) {
-                assert_eq!(*c, ((v - lo) / scale).round_ties_even() as u8, "{row:?}");
-            }
-            assert_eq!(codes.iter().min(), Some(&0), "{row:?}");
-
-            // 16-bit digits: Round, then Floor(q · 1/256) and q − 256·high, as the exporter's nodes.
-            let (scale, lo) = row_scale(row, 65535.0);
-            let want_scale = (hi - want_lo).max(f32::MIN_POSITIVE) * (1.0 / 65535.0);
-            assert_eq!(scale.to_bits(), want_scale.to_bits());
-            let (mut high, mut low) = (vec![0u8; row.len()], vec![0u8; row.len()]);
-            quantise_row_digits(row, scale, lo, &mut high, &mut low);
-            for ((&h, &l), &v) in high.iter().zip(&low).zip(row) {
-                let q = ((v - lo) / scale).round_ties_even();
-                let want_high = (q * (1.0 / 256.0)).floor();
-                assert_eq!((h, l), (want_high as u8, (q - want_high * 256.0) as u8), "{row:?}");
-            }
-        }
     }
 }

@@ -30,18 +30,20 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{Expansion, Solver, TensorProxy};
 
-use super::DOMAIN;
-use super::attention::{ATTENTION, attention_output_facts, attention_rules, broadcast_strides};
-use super::owned;
-use crate::backend::attend::{Rows, attend_head, dot, softmax};
-use crate::backend::onnx_graph::{
+use super::attention::{
+    ATTENTION, Rows, attend_head, attention_output_facts, attention_rules, broadcast_strides,
+};
+use super::fuse::owned;
+use crate::kernels::attention::{dot, softmax};
+use crate::rewrite::graph::{
     GraphIndex, ONNX_INT64, fusable_graph, int_attr, past_length_gather, past_length_node, remove_dead_nodes,
     value_info,
 };
+use crate::rewrite::int8_pattern::DOMAIN;
 
 /// Op type of the cached attention node (registered in tract's ONNX op registry only).
 pub(crate) const CACHED_ATTENTION: &str = "FerriteCachedAttention";
-pub(crate) use crate::backend::onnx_graph::{CacheNames, Half, PAST_LENGTH};
+pub(crate) use crate::rewrite::graph::{CacheNames, Half, PAST_LENGTH};
 
 /// A keys-major `FerriteAttention` node whose K and V are `Concat(past, new, axis 2)` of graph
 /// inputs, each `Concat` read only by it and as a graph output: (node index, the two `Concat`
@@ -323,7 +325,7 @@ impl KvCache {
     /// again for the context: one sequential pass over each half. Per head the sums are those of
     /// `attend_head`'s decode path, in the same order. On x86-64 CPUs with AVX2 the same code is
     /// compiled for AVX2 (twice the lanes; no FMA, so the same roundings): 13.9 → 8.1 µs per
-    /// layer of the shipped GPT at position 200 with the cache in L2 (docs/runtime.md).
+    /// layer of the shipped GPT at position 200 with the cache in L2 (docs/tract.md).
     fn decode_step(
         &self,
         q: &[f32],
@@ -472,7 +474,7 @@ mod tests {
     fn shipped_gpt_with_fused_attention() -> ModelProto {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shakespeare-gpt/int8/model.onnx");
         let mut model = crate::Model::open(path).unwrap().proto().unwrap();
-        assert_eq!(super::super::fuse_attention(&mut model), 4);
+        assert_eq!(super::super::fuse::fuse_attention(&mut model), 4);
         model
     }
 

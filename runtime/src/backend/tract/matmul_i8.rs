@@ -29,7 +29,10 @@ use tract_onnx::tract_hir::internal::{
     Expansion, Solver, TensorProxy, check_input_arity, check_output_arity,
 };
 
-use super::{DOMAIN, GraphIndex, owned};
+use super::fuse::owned;
+use crate::kernels::matmul_i8::dot_rows;
+use crate::rewrite::graph::GraphIndex;
+use crate::rewrite::int8_pattern::DOMAIN;
 
 /// Op type of the fused matmul node (registered in tract's ONNX op registry only).
 pub(crate) const MATMUL_I8: &str = "FerriteMatMulI8";
@@ -225,34 +228,6 @@ fn plan_matmul_integer(
         .model_for_proto_model_with_model_template(&proto, template)?
         .into_optimized()?
         .into_runnable()
-}
-
-/// `out[j] = Σₖ x[k] · columns[j·K + k]`, AVX2 when the CPU has it.
-fn dot_rows(x: &[i16], columns: &[i8], out: &mut [i32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: `dot_rows_avx2` only requires AVX2, which the line above found on this CPU.
-        unsafe { dot_rows_avx2(x, columns, out) };
-        return;
-    }
-    dot_rows_portable(x, columns, out)
-}
-
-/// [`dot_rows_portable`] compiled for AVX2 (16 i16 products per `vpmaddwd` instead of 8).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_rows_avx2(x: &[i16], columns: &[i8], out: &mut [i32]) {
-    dot_rows_portable(x, columns, out)
-}
-
-/// The loop both variants compile. Products of an i16 (a u8 code) and an i8 sum exactly in i32
-/// for K < 2¹⁶ (255 · 128 · K < 2³¹), and the compiler turns `i32(a)·i32(b)` of i16 values into
-/// the pairwise multiply-add instructions.
-#[inline(always)]
-fn dot_rows_portable(x: &[i16], columns: &[i8], out: &mut [i32]) {
-    for (o, column) in out.iter_mut().zip(columns.chunks_exact(x.len())) {
-        *o = x.iter().zip(column).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-    }
 }
 
 impl Op for MatMulI8 {

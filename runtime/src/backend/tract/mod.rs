@@ -1,6 +1,6 @@
 //! The tract backend: pure Rust, no shared library, the default on embedded targets.
 //!
-//! Known limits of tract 0.23 this module works with (see docs/runtime.md):
+//! Known limits of tract 0.23 this module works with (see docs/tract.md):
 //! - `value_info` entries with symbolic sizes confuse its analyser, so they are ignored
 //!   (`with_ignore_value_info(true)`); graph inputs/outputs still carry their shapes.
 //! - Unknown operators only fail late (while typing the graph); they are caught up front by
@@ -14,11 +14,16 @@ use tract_onnx::prelude::{
 };
 use tract_onnx::tract_core::internal::DatumType;
 
-use super::onnx_graph::cache_slot;
-use super::tract_fuse::{CachedAttention, Half, KvCache, PAST_LENGTH};
+mod attention;
+mod fuse;
+mod kv_cache;
+mod matmul_i8;
+
+use self::kv_cache::{CacheNames, CachedAttention, Half, KvCache, PAST_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::rewrite::graph::cache_slot;
 use crate::tensor::{Tensor, TensorData, TensorDataView, TensorView};
 
 const NAME: &str = "tract";
@@ -35,7 +40,7 @@ fn invalid(context: &str, e: impl std::fmt::Display) -> Error {
 pub(crate) struct TractModel {
     plan: Arc<TypedRunnableModel>,
     /// Set when the plan keeps a decoder's KV caches inside its attention ops
-    /// (`tract_fuse/kv_cache.rs`): how the file's cache inputs/outputs map onto them.
+    /// (`backend/tract/kv_cache.rs`): how the file's cache inputs/outputs map onto them.
     cache: Option<Arc<CacheMap>>,
 }
 
@@ -97,16 +102,16 @@ impl TractModel {
         }
         let mut proto = model.proto()?;
         if options.tract_fused_int8 || options.tract_fused_attention {
-            super::tract_fuse::register(&mut onnx);
+            fuse::register(&mut onnx);
         }
         if options.tract_fused_attention {
-            let fused = super::tract_fuse::fuse_attention(&mut proto);
+            let fused = fuse::fuse_attention(&mut proto);
             if fused > 0 {
                 log::debug!("tract: fused {fused} attention blocks");
             }
         }
         if options.tract_fused_int8 {
-            let fused = super::tract_fuse::fuse_row_quantisation(&mut proto);
+            let fused = fuse::fuse_row_quantisation(&mut proto);
             if fused != Default::default() {
                 log::debug!(
                     "tract: fused {} row quantisations and {} dequantisations",
@@ -114,13 +119,13 @@ impl TractModel {
                     fused.dequantize
                 );
             }
-            let matmuls = super::tract_fuse::fuse_int8_matmuls(&mut proto);
+            let matmuls = fuse::fuse_int8_matmuls(&mut proto);
             if matmuls > 0 {
                 log::debug!("tract: {matmuls} int8 matmuls get the few-row kernel");
             }
         }
         // Last: the int8 rewrite tells step graphs by their `past_key*` inputs, which go here.
-        let caches = if kv_in_place { super::tract_fuse::fuse_kv_cache(&mut proto) } else { Vec::new() };
+        let caches = if kv_in_place { kv_cache::fuse_kv_cache(&mut proto) } else { Vec::new() };
         if !caches.is_empty() {
             log::debug!("tract: {} layers keep their KV cache in place", caches.len());
         }
@@ -154,11 +159,7 @@ impl TractModel {
 
 /// Maps the file's cache inputs/outputs onto the plan's cached attention nodes, and checks the
 /// plan's interface: the file's other inputs then [`PAST_LENGTH`], the file's other outputs.
-fn cache_map(
-    model: &Model,
-    plan: &Arc<TypedRunnableModel>,
-    caches: &[super::tract_fuse::CacheNames],
-) -> Result<CacheMap> {
+fn cache_map(model: &Model, plan: &Arc<TypedRunnableModel>, caches: &[CacheNames]) -> Result<CacheMap> {
     let info = model.info();
     let inputs: Vec<_> = info.inputs.iter().map(|i| cache_slot(caches, &i.name)).collect();
     let outputs: Vec<_> = info.outputs.iter().map(|o| cache_slot(caches, &o.name)).collect();
@@ -288,7 +289,7 @@ impl PreparedModel for TractModel {
 }
 
 /// A session's in-place KV caches: one tract state kept from step to step, whose cached
-/// attention ops hold the caches (`tract_fuse/kv_cache.rs`).
+/// attention ops hold the caches (`backend/tract/kv_cache.rs`).
 struct CacheState {
     map: Arc<CacheMap>,
     state: TypedSimpleState,
