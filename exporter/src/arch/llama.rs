@@ -56,7 +56,7 @@ use std::path::Path;
 use ferrite_runtime::Tensor;
 use serde_json::Value;
 
-use super::{ArchKind, Architecture, Calibration, IoRole, OutputKind, read_config, sample_ids, usize_field};
+use super::{ArchKind, Architecture, Calibration, IoRole, read_config, sample_ids, usize_field};
 use crate::checkpoint::Checkpoint;
 use crate::error::{ExportError, Result};
 use crate::onnx::{Attr, Dim, ElemType, GraphBuilder};
@@ -768,34 +768,11 @@ impl Architecture for Llama {
     }
 
     fn inputs(&self) -> Vec<IoRole> {
-        let mut v =
-            vec![IoRole::new("input_ids", "token ids", &["batch", "sequence"], "i64", OutputKind::State)];
-        let shape = ["batch", "kv_heads", "past_sequence", "head_dim"];
-        for l in 0..self.blocks.len() {
-            for kv in ["key", "value"] {
-                let role = format!("{kv} cache of layer {l} in (P = 0 for prefill); positions start at P");
-                v.push(IoRole::new(&format!("past_{kv}.{l}"), &role, &shape, "f32", OutputKind::State));
-            }
-        }
-        v
+        super::kv_decoder_inputs(self.blocks.len(), "kv_heads")
     }
 
     fn outputs(&self) -> Vec<IoRole> {
-        let mut v = vec![IoRole::new(
-            "logits",
-            "next-token logits",
-            &["batch", "sequence", "vocab"],
-            "f32",
-            OutputKind::Logits,
-        )];
-        let shape = ["batch", "kv_heads", "total_sequence", "head_dim"];
-        for l in 0..self.blocks.len() {
-            for kv in ["key", "value"] {
-                let role = format!("{kv} cache of layer {l} out (feed back as past_{kv}.{l})");
-                v.push(IoRole::new(&format!("present_{kv}.{l}"), &role, &shape, "f32", OutputKind::State));
-            }
-        }
-        v
+        super::kv_decoder_outputs(self.blocks.len(), "kv_heads")
     }
 
     fn sample_inputs(&self) -> Result<Vec<(String, Tensor)>> {

@@ -209,3 +209,39 @@ pub(crate) fn sample_ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> V
         })
         .collect()
 }
+
+/// The inputs of a decoder with a KV cache (GPT-2, the Llama family): `input_ids` and each
+/// layer's `past_key.{l}` / `past_value.{l}`, `[batch, heads, past_sequence, head_dim]` with
+/// `heads` named as the architecture's cache holds them (`heads`, or `kv_heads` under
+/// grouped-query attention).
+pub(crate) fn kv_decoder_inputs(layers: usize, heads: &str) -> Vec<IoRole> {
+    let mut v = vec![IoRole::new("input_ids", "token ids", &["batch", "sequence"], "i64", OutputKind::State)];
+    let shape = ["batch", heads, "past_sequence", "head_dim"];
+    for l in 0..layers {
+        for kv in ["key", "value"] {
+            let role = format!("{kv} cache of layer {l} in (P = 0 for prefill); positions start at P");
+            v.push(IoRole::new(&format!("past_{kv}.{l}"), &role, &shape, "f32", OutputKind::State));
+        }
+    }
+    v
+}
+
+/// The outputs of a decoder with a KV cache: `logits` and each layer's `present_key.{l}` /
+/// `present_value.{l}` (see [`kv_decoder_inputs`]).
+pub(crate) fn kv_decoder_outputs(layers: usize, heads: &str) -> Vec<IoRole> {
+    let mut v = vec![IoRole::new(
+        "logits",
+        "next-token logits",
+        &["batch", "sequence", "vocab"],
+        "f32",
+        OutputKind::Logits,
+    )];
+    let shape = ["batch", heads, "total_sequence", "head_dim"];
+    for l in 0..layers {
+        for kv in ["key", "value"] {
+            let role = format!("{kv} cache of layer {l} out (feed back as past_{kv}.{l})");
+            v.push(IoRole::new(&format!("present_{kv}.{l}"), &role, &shape, "f32", OutputKind::State));
+        }
+    }
+    v
+}
