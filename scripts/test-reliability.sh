@@ -17,9 +17,11 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
   rustup toolchain install nightly --profile minimal --component miri,rust-src
 fi
 # No files, no model runs: Miri cannot mmap (isolation) and interpreting tract takes hours.
+# The chat-template tests are skipped too: they run minijinja's interpreter up to its fuel limit
+# (minutes under Miri) and chat/ has no unsafe code; `cargo test` runs them natively.
 cargo +nightly miri test -p ferrite-ffi --no-default-features --lib
 cargo +nightly miri test -p ferrite-runtime --no-default-features --features text --lib -- \
-  --skip locations_outside_the_directory
+  --skip locations_outside_the_directory --skip chat::template::tests
 
 if [ "${FERRITE_FUZZ_SMOKE:-1}" != 0 ]; then
   FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz-smoke.sh
