@@ -163,40 +163,8 @@ impl Architecture for Gpt2 {
 
     fn build(&self, scheme: QuantScheme, mut g: GraphBuilder) -> Result<GraphBuilder> {
         let (d, h, hd) = (self.d, self.heads, self.head_dim());
-        let ids = g.input("input_ids", ElemType::I64, &[Dim::Sym("batch"), Dim::Sym("sequence")]);
-        let cache_in = [Dim::Sym("batch"), Dim::Fixed(h), Dim::Sym("past_sequence"), Dim::Fixed(hd)];
-        let cache_out = [Dim::Sym("batch"), Dim::Fixed(h), Dim::Sym("total_sequence"), Dim::Fixed(hd)];
-        let past: Vec<(String, String)> = (0..self.blocks.len())
-            .map(|l| {
-                (
-                    g.input(&format!("past_key.{l}"), ElemType::F32, &cache_in),
-                    g.input(&format!("past_value.{l}"), ElemType::F32, &cache_in),
-                )
-            })
-            .collect();
-
-        // Positions P..P+S, with P the cache length: no position input to get wrong.
-        let two = g.scalar_i64(2);
-        let one_i = g.scalar_i64(1);
-        let zero_i = g.scalar_i64(0);
-        let past_shape = g.op("Shape", &[&past[0].0], vec![]);
-        let p = g.op("Gather", &[&past_shape, &two], vec![("axis", Attr::Int(0))]);
-        let ids_shape = g.op("Shape", &[&ids], vec![]);
-        let s = g.op("Gather", &[&ids_shape, &one_i], vec![("axis", Attr::Int(0))]);
-        let t = g.op("Add", &[&p, &s], vec![]);
-        let pos = g.op("Range", &[&p, &t, &one_i], vec![]);
-        let kpos = g.op("Range", &[&zero_i, &t, &one_i], vec![]);
-        let ax0 = g.const_i64(&[0]);
-        let ax1 = g.const_i64(&[1]);
-        let kcol = g.op("Unsqueeze", &[&kpos, &ax1], vec![]);
-        let qrow = g.op("Unsqueeze", &[&pos, &ax0], vec![]);
-        // [T, S]: true where the key lies in the query's future. Attention runs keys-major (see
-        // below), so this is the transposed causal mask, turned once into an additive bias that
-        // every layer shares (an Add is cheaper than a per-layer Where in tract).
-        let future = g.op("Greater", &[&kcol, &qrow], vec![]);
-        let masked = g.scalar_f32(f32::MIN);
-        let unmasked = g.scalar_f32(0.0);
-        let causal_bias = g.op("Where", &[&future, &masked, &unmasked], vec![]);
+        let super::KvDecoderFrame { ids, past, cache_out, pos, causal_bias, .. } =
+            super::kv_decoder_frame(&mut g, self.blocks.len(), h, hd);
 
         // A tied head (the usual GPT-2) shares the token table: stored once, in the head's layout.
         let head = match &self.lm_head {

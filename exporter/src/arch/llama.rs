@@ -610,38 +610,8 @@ impl Architecture for Llama {
     fn build(&self, scheme: QuantScheme, mut g: GraphBuilder) -> Result<GraphBuilder> {
         let c = &self.cfg;
         let (h, kv, hd, groups) = (c.heads, c.kv_heads, c.head_dim, c.groups());
-        let ids = g.input("input_ids", ElemType::I64, &[Dim::Sym("batch"), Dim::Sym("sequence")]);
-        let cache_in = [Dim::Sym("batch"), Dim::Fixed(kv), Dim::Sym("past_sequence"), Dim::Fixed(hd)];
-        let cache_out = [Dim::Sym("batch"), Dim::Fixed(kv), Dim::Sym("total_sequence"), Dim::Fixed(hd)];
-        let past: Vec<(String, String)> = (0..self.blocks.len())
-            .map(|l| {
-                (
-                    g.input(&format!("past_key.{l}"), ElemType::F32, &cache_in),
-                    g.input(&format!("past_value.{l}"), ElemType::F32, &cache_in),
-                )
-            })
-            .collect();
-
-        // Positions P..P+S with P the cache length, and the causal bias: GPT-2's construction.
-        let two = g.scalar_i64(2);
-        let one_i = g.scalar_i64(1);
-        let zero_i = g.scalar_i64(0);
-        let past_shape = g.op("Shape", &[&past[0].0], vec![]);
-        let p = g.op("Gather", &[&past_shape, &two], vec![("axis", Attr::Int(0))]);
-        let ids_shape = g.op("Shape", &[&ids], vec![]);
-        let s = g.op("Gather", &[&ids_shape, &one_i], vec![("axis", Attr::Int(0))]);
-        let t = g.op("Add", &[&p, &s], vec![]);
-        let pos = g.op("Range", &[&p, &t, &one_i], vec![]);
-        let kpos = g.op("Range", &[&zero_i, &t, &one_i], vec![]);
-        let ax0 = g.const_i64(&[0]);
-        let ax1 = g.const_i64(&[1]);
-        let kcol = g.op("Unsqueeze", &[&kpos, &ax1], vec![]);
-        let qrow = g.op("Unsqueeze", &[&pos, &ax0], vec![]);
-        // [T, S]: true where the key lies in the query's future (keys-major, as in gpt2.rs).
-        let future = g.op("Greater", &[&kcol, &qrow], vec![]);
-        let masked = g.scalar_f32(f32::MIN);
-        let unmasked = g.scalar_f32(0.0);
-        let causal_bias = g.op("Where", &[&future, &masked, &unmasked], vec![]);
+        let super::KvDecoderFrame { ids, past, cache_out, pos, causal_bias, axis1: ax1 } =
+            super::kv_decoder_frame(&mut g, self.blocks.len(), kv, hd);
 
         // Rotary tables for this step's positions, [S, D], shared by every layer.
         let posf = g.op("Cast", &[&pos], vec![("to", Attr::Int(i64::from(ElemType::F32.code())))]);

@@ -19,7 +19,7 @@ use ferrite_runtime::Tensor;
 use serde_json::Value;
 
 use crate::error::{ExportError, Result};
-use crate::onnx::GraphBuilder;
+use crate::onnx::{Attr, Dim, ElemType, GraphBuilder};
 use crate::quant::QuantScheme;
 
 /// The architectures the exporter reads.
@@ -244,4 +244,68 @@ pub(crate) fn kv_decoder_outputs(layers: usize, heads: &str) -> Vec<IoRole> {
         }
     }
     v
+}
+
+/// The graph inputs and per-step values every KV-cache decoder starts from.
+pub(crate) struct KvDecoderFrame {
+    /// `input_ids` `[batch, sequence]`.
+    pub ids: String,
+    /// Each layer's `(past_key.{l}, past_value.{l})`.
+    pub past: Vec<(String, String)>,
+    /// The dims of each `present_*` output.
+    pub cache_out: [Dim; 4],
+    /// This step's positions `P..P+S`, with `P` the cache length.
+    pub pos: String,
+    /// `[T, S]` additive causal bias, keys-major (0, or `f32::MIN` where the key lies in the
+    /// query's future), shared by every layer.
+    pub causal_bias: String,
+    /// The constant `[1]` (an axis for `Unsqueeze`).
+    pub axis1: String,
+}
+
+/// Declares `input_ids` and the `past_*` caches (`cache_heads` heads of `head_dim`) and builds
+/// the positions and the causal bias from the cache length: the one construction both GPT-2
+/// and the Llama family emit, which the runtime's load-time rewrites match (the past length is
+/// `Gather(Shape(past_key.0), 2)`; there is no position input to get wrong).
+pub(crate) fn kv_decoder_frame(
+    g: &mut GraphBuilder,
+    layers: usize,
+    cache_heads: usize,
+    head_dim: usize,
+) -> KvDecoderFrame {
+    let ids = g.input("input_ids", ElemType::I64, &[Dim::Sym("batch"), Dim::Sym("sequence")]);
+    let cache_in =
+        [Dim::Sym("batch"), Dim::Fixed(cache_heads), Dim::Sym("past_sequence"), Dim::Fixed(head_dim)];
+    let cache_out =
+        [Dim::Sym("batch"), Dim::Fixed(cache_heads), Dim::Sym("total_sequence"), Dim::Fixed(head_dim)];
+    let past: Vec<(String, String)> = (0..layers)
+        .map(|l| {
+            (
+                g.input(&format!("past_key.{l}"), ElemType::F32, &cache_in),
+                g.input(&format!("past_value.{l}"), ElemType::F32, &cache_in),
+            )
+        })
+        .collect();
+    let two = g.scalar_i64(2);
+    let one_i = g.scalar_i64(1);
+    let zero_i = g.scalar_i64(0);
+    let past_shape = g.op("Shape", &[&past[0].0], vec![]);
+    let p = g.op("Gather", &[&past_shape, &two], vec![("axis", Attr::Int(0))]);
+    let ids_shape = g.op("Shape", &[&ids], vec![]);
+    let s = g.op("Gather", &[&ids_shape, &one_i], vec![("axis", Attr::Int(0))]);
+    let t = g.op("Add", &[&p, &s], vec![]);
+    let pos = g.op("Range", &[&p, &t, &one_i], vec![]);
+    let kpos = g.op("Range", &[&zero_i, &t, &one_i], vec![]);
+    let ax0 = g.const_i64(&[0]);
+    let axis1 = g.const_i64(&[1]);
+    let kcol = g.op("Unsqueeze", &[&kpos, &axis1], vec![]);
+    let qrow = g.op("Unsqueeze", &[&pos, &ax0], vec![]);
+    // [T, S]: true where the key lies in the query's future. Attention runs keys-major, so this is
+    // the transposed causal mask, turned once into an additive bias that every layer shares (an
+    // Add is cheaper than a per-layer Where in tract).
+    let future = g.op("Greater", &[&kcol, &qrow], vec![]);
+    let masked = g.scalar_f32(f32::MIN);
+    let unmasked = g.scalar_f32(0.0);
+    let causal_bias = g.op("Where", &[&future, &masked, &unmasked], vec![]);
+    KvDecoderFrame { ids, past, cache_out, pos, causal_bias, axis1 }
 }
