@@ -163,6 +163,7 @@ def llama3_case() -> None:
     config["rope_scaling"] = dict(LLAMA3_ROPE)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_gguf(m, d / "model.gguf", theta)
+    write_gguf(m, d / "model-q4_1.gguf", theta, quantised=True)
     goldens(m, d, 128, 19)
 
 
@@ -191,8 +192,10 @@ def rope_freqs(dim: int, theta: float, p: dict) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def write_gguf(m, path: Path, theta: float) -> None:
-    """The model as llama.cpp's converter writes a Llama (F32 tensors, no tokenizer)."""
+def write_gguf(m, path: Path, theta: float, quantised: bool = False) -> None:
+    """The model as llama.cpp's converter writes a Llama (F32 tensors, no tokenizer); with
+    `quantised`, every matrix (token table included) is Q4_1, as in llama.cpp's Q4_1 files, and
+    the norms and rope_freqs stay F32."""
     import gguf
 
     c = m.config
@@ -212,22 +215,30 @@ def write_gguf(m, path: Path, theta: float) -> None:
     w.add_vocab_size(c.vocab_size)
     w.add_bos_token_id(c.bos_token_id)
     w.add_eos_token_id(c.eos_token_id)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1 if quantised else gguf.LlamaFileType.ALL_F32)
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("rope_freqs.weight", rope_freqs(head_dim, theta, LLAMA3_ROPE))
+
+    def put(name: str, t: np.ndarray) -> None:
+        if quantised and t.ndim == 2:
+            q4_1 = gguf.GGMLQuantizationType.Q4_1
+            w.add_tensor(name, gguf.quants.quantize(t, q4_1), raw_dtype=q4_1)
+        else:
+            w.add_tensor(name, t)
+
+    put("token_embd.weight", sd["model.embed_tokens.weight"])
+    put("rope_freqs.weight", rope_freqs(head_dim, theta, LLAMA3_ROPE))
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], heads))
-        w.add_tensor(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], kv))
-        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        put(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], heads))
+        put(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], kv))
+        put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        put(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        put(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    put("output_norm.weight", sd["model.norm.weight"])
     # Tied head: no `output.weight` (llama.cpp then reads token_embd).
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -192,10 +192,15 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     };
     builder.set_int8_activation_digits(digits);
     // The bundle's own graph, then (for quantised bundles) the fp32 reference beside it.
-    write_graph(arch.as_ref(), opts.quant, arch.build(opts.quant, builder)?, tmp.path())?;
+    let graph = arch.build(opts.quant, builder)?;
+    graph.finish_progress();
+    write_graph(arch.as_ref(), opts.quant, graph, tmp.path())?;
     check_stage(opts, "model")?;
     let inputs = arch.sample_inputs()?;
+    let verifying = if opts.quant == QuantScheme::Fp32 { 1 } else { 3 };
+    let progress = crate::progress::Stage::new("verifying", verifying, "steps");
     let own = run_model(tmp.path(), &inputs, BackendKind::Tract)?;
+    progress.inc(1);
     let (fp32_outputs, accuracy) = if opts.quant == QuantScheme::Fp32 {
         (own, None)
     } else {
@@ -205,10 +210,12 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
             .map_err(|e| ExportError::io(&parent, e))?;
         let graph = arch.build(QuantScheme::Fp32, GraphBuilder::new())?;
         write_graph(arch.as_ref(), QuantScheme::Fp32, graph, reference.path())?;
+        progress.inc(1);
         let fp32 = run_model(reference.path(), &inputs, BackendKind::Tract)?;
         let report = accuracy::report(&arch.outputs(), &fp32, &own, "tract")?;
         (fp32, Some(report))
     };
+    progress.finish();
 
     let mut golden: Vec<(String, Tensor)> = inputs;
     golden.extend(fp32_outputs);

@@ -61,7 +61,9 @@ pub fn hessians(arch: &dyn Architecture, work: &Path) -> Result<Option<(Hessians
     let taps = graph.expose_taps();
     crate::model_file::write_graph(arch, QuantScheme::Fp32, graph, work)?;
     let model = Model::open(work.join(crate::onnx::MODEL_FILE))?;
-    let mut session = model.prepare(&Options::default().backend(BackendKind::Tract))?.session()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut session =
+        model.prepare(&Options::default().backend(BackendKind::Tract).threads(threads))?.session()?;
 
     let b = SEQUENCES;
     let mut sums: BTreeMap<String, Hessian> =
@@ -80,6 +82,7 @@ pub fn hessians(arch: &dyn Architecture, work: &Path) -> Result<Option<(Hessians
     let params = SamplingParams { temperature: 1.0, seed: SEED, ..SamplingParams::default() };
     let mut sampler: Option<Sampler> = None;
     let mut row = Vec::new();
+    let progress = crate::progress::Stage::new("calibration", length as u64, "steps");
     for _ in 0..length {
         let input = Tensor::new(vec![b, 1], ids.clone())?;
         let mut views = vec![("input_ids", input.view())];
@@ -110,11 +113,18 @@ pub fn hessians(arch: &dyn Architecture, work: &Path) -> Result<Option<(Hessians
                 h.add(x);
             }
         }
+        progress.inc(1);
     }
+    progress.finish();
     let mut out = Hessians::default();
     for (name, readers, _) in &taps {
-        for layer in readers {
-            out.layers.insert(layer.clone(), sums[name].clone());
+        // Moved to its last reader, cloned only for the others.
+        let Some(h) = sums.remove(name) else { continue };
+        if let Some((last, others)) = readers.split_last() {
+            for layer in others {
+                out.layers.insert(layer.clone(), h.clone());
+            }
+            out.layers.insert(last.clone(), h);
         }
     }
     log::info!("calibration: {b} sampled sequences of {length} tokens, {} layers", out.layers.len());

@@ -47,10 +47,15 @@ pub struct ExportArgs {
     /// (`TextVectorization.get_vocabulary()`). Replaces the source's own tokenizer files.
     #[arg(long, value_name = "FILE")]
     pub vocab: Option<PathBuf>,
+    /// No progress on stderr (by default each long stage — reading, calibration, GPTQ, writing,
+    /// verifying — shows a bar with rate and ETA, or plain lines when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Runs `ferrite export`.
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    crate::progress::show(!args.quiet);
     let opts = ExportOptions {
         quant: args.quant,
         arch: args.arch,

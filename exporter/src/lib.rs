@@ -30,6 +30,7 @@ pub mod gguf_tokenizer;
 pub mod golden;
 mod model_file;
 pub mod onnx;
+pub mod progress;
 pub mod quant;
 pub mod vocab;
 

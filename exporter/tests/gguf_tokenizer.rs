@@ -16,17 +16,15 @@
 //! tokenizer.json files are kept there (`make_tokenizer_goldens.py --check DIR` loads them in
 //! Python's `tokenizers`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::smollm2;
 use ferrite_exporter::gguf_tokenizer::{chat_spec, tokenizer_json};
 use ferrite_gguf::GgufFile;
 use ferrite_runtime::TextTokenizer;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("exporter/ has a parent").to_path_buf()
-}
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gguf-tokenizer")
@@ -54,18 +52,6 @@ fn ferrite_tokenizer(gguf: &Path, name: &str) -> TextTokenizer {
         std::fs::write(Path::new(&keep).join(format!("{name}.json")), &json).unwrap();
     }
     TextTokenizer::from_tokenizer_json(&path).unwrap()
-}
-
-/// The SmolLM2 GGUF, fetched (or found in the cache) by the project's script.
-fn smollm2() -> PathBuf {
-    let out = Command::new("bash").arg(root().join("models/fetch-smollm2.sh")).output().unwrap();
-    assert!(
-        out.status.success(),
-        "models/fetch-smollm2.sh failed (the real model is required, not optional):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(stdout.lines().last().expect("fetch-smollm2.sh prints the path").trim())
 }
 
 #[test]

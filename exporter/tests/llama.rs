@@ -152,6 +152,87 @@ fn gguf_file_matches_transformers_on_the_same_model() {
     check_with_python(&q4, None);
 }
 
+/// A GGUF file whose matrices (token table included) are llama.cpp Q4_1 blocks exports to q4 with
+/// its codes, scales and mins kept: the q4 bundle computes what the fp32 bundle of the same file
+/// (the dequantised weights) computes, on every backend, up to float rounding.
+#[test]
+fn q4_1_gguf_keeps_its_codes_under_q4() {
+    let src = golden("llama3").join("model-q4_1.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let (fp32, _) = export_to(&src, &tmp.path().join("fp32"), QuantScheme::Fp32);
+    let (q4, manifest) = export_to(&src, &tmp.path().join("q4"), QuantScheme::Q4);
+    let bytes = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    };
+    let (fp32_bytes, q4_bytes) = (bytes(&fp32), bytes(&q4));
+    eprintln!(
+        "llama3 Q4_1 gguf: fp32 {fp32_bytes} bytes, q4 {q4_bytes} bytes, report {:?}",
+        manifest.accuracy.as_ref().unwrap().outputs["logits"]
+    );
+    assert!(q4_bytes < fp32_bytes, "q4 {q4_bytes} bytes against fp32 {fp32_bytes}");
+    let prompt = npz(&golden("llama3").join("expected.npz"), "prompt_ids");
+    for backend in backends() {
+        let want = greedy(&fp32, backend, &prompt, 8);
+        let got = greedy(&q4, backend, &prompt, 8);
+        let err = max_abs(&got.prompt_logits, &want.prompt_logits);
+        let step_err = got
+            .step_logits
+            .iter()
+            .zip(&want.step_logits)
+            .map(|(a, b)| max_abs_rows(a, b))
+            .fold(0f32, f32::max);
+        eprintln!("Q4_1 gguf q4 vs fp32 {backend:?}: prompt {err:.2e}, decode {step_err:.2e}");
+        assert!(err <= 1e-4 && step_err <= 1e-4, "{backend:?}: q4 differs from fp32 by {err} / {step_err}");
+        assert_eq!(got.ids, want.ids, "{backend:?}: greedy ids");
+    }
+    check_with_python(&q4, Some(1e-4));
+}
+
+/// The real SmolLM2-135M-Instruct GGUF (models/fetch-smollm2.sh; a failed download fails the
+/// test), exported fp32, equals transformers loading the same file (which dequantises it) on every
+/// backend: the bundle's tokenizer gives transformers' prompt ids, its chat template renders
+/// transformers' chat prompt, the last position's logits are within 2e-3 and 32 greedy ids are
+/// the same, for a short prompt, a chat turn and a ~200-token paragraph.
+/// Goldens: scripts/make_smollm2_goldens.py.
+#[test]
+fn smollm2_gguf_fp32_matches_transformers() {
+    let gguf = smollm2();
+    let tmp = tempfile::tempdir().unwrap();
+    let (bundle, manifest) = export_to(&gguf, tmp.path(), QuantScheme::Fp32);
+    assert_eq!(manifest.architecture, ArchKind::Llama);
+    let expected = golden("smollm2").join("expected.npz");
+    let prompts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden("smollm2").join("prompts.json")).unwrap()).unwrap();
+    let text = |k: &str| prompts[k].as_str().unwrap().to_string();
+    let opened = ferrite_runtime::Bundle::open(&bundle).unwrap();
+    let chat = opened
+        .require_chat_template()
+        .unwrap()
+        .render(&[ferrite_runtime::chat::Message::user(text("chat_message"))], true)
+        .unwrap();
+    assert_eq!(chat, text("chat"), "the GGUF's chat template renders what transformers renders");
+    let tokenizer = opened.require_tokenizer().unwrap();
+    for (name, prompt) in [("short", text("short")), ("chat", chat.clone()), ("long", text("long"))] {
+        let ids: Vec<i64> = tokenizer.encode(&prompt, false).unwrap().into_iter().map(i64::from).collect();
+        let want_ids = npz(&expected, &format!("{name}_ids"));
+        assert_eq!(ids, want_ids.as_slice::<i64>().unwrap(), "{name}: prompt ids");
+        let want_logits = npz(&expected, &format!("{name}_logits"));
+        let want_greedy = npz(&expected, &format!("{name}_greedy"));
+        let want_greedy = want_greedy.as_slice::<i64>().unwrap();
+        let input = Tensor::new(vec![1, ids.len()], ids.clone()).unwrap();
+        for backend in backends() {
+            let run = greedy(&bundle, backend, &input, want_greedy.len());
+            let err = max_abs_rows(&run.step_logits[0], want_logits.as_slice::<f32>().unwrap());
+            eprintln!(
+                "smollm2 {name} ({} tokens) fp32 {backend:?}: last logits max abs error {err:.2e}",
+                ids.len()
+            );
+            assert!(err <= 2e-3, "smollm2 {name} {backend:?}: last logits differ by {err}");
+            assert_eq!(run.ids, want_greedy, "smollm2 {name} {backend:?}: greedy ids");
+        }
+    }
+}
+
 /// A metadata value of a hand-written GGUF file.
 enum Meta {
     U32(u32),

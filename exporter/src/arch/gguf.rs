@@ -5,9 +5,12 @@
 //! attention.head_count(_kv), feed_forward_length, context_length, rope.freq_base,
 //! attention.layer_norm_rms_epsilon, rope.scaling.type/factor), the vocabulary size from
 //! `token_embd`, and llama 3's rope scaling from the `rope_freqs` tensor (llama.cpp divides each
-//! frequency by it). Every tensor is dequantised to f32 by `ferrite-gguf` and then quantised
-//! again under the requested scheme; ggml's block codes are not kept, even where a scheme could
-//! (Q4_0 → q4).
+//! frequency by it). Every tensor is dequantised to f32 by `ferrite-gguf` and handed to the
+//! requested scheme, which recognises weights already on a ggml grid from their values
+//! (quant/q4.rs): under `q4`, Q4_0 and Q4_1 tensors keep their codes, scales and mins exactly,
+//! and Q8_0 tensors (the token table of llama.cpp's 4-bit files) are stored int8 rather than
+//! 4-bit. K-quants and 8-bit tensors under other schemes are requantised, and the export's
+//! accuracy report says what that cost.
 //!
 //! llama.cpp's converter (convert_hf_to_gguf.py, `LlamaModel.permute`) reorders the rows of each
 //! head of `attn_q`/`attn_k` for its interleaved rotary layout: HF row `j·D/2 + i` becomes GGUF

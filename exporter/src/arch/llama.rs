@@ -538,8 +538,10 @@ impl Llama {
         let embed_tokens = src.read(Weight::TokenEmbedding, &[cfg.vocab, d])?;
         // A tied config ties even when the file also holds a head (transformers does the same).
         let lm_head = if cfg.tied { None } else { Some(src.read(Weight::Head, &[cfg.vocab, d])?) };
+        let progress = crate::progress::Stage::new("reading", cfg.layers as u64, "blocks");
         let blocks = (0..cfg.layers)
             .map(|l| {
+                progress.inc(1);
                 let w = |lw| Weight::Layer(l, lw);
                 let p = format!("model.layers.{l}");
                 Ok(Block {
@@ -586,6 +588,7 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        progress.finish();
         let norm = RmsNorm::read(src, Weight::FinalNorm, "model.norm.weight".into(), d)?;
         Ok(Llama { cfg, embed_tokens, blocks, norm, lm_head })
     }

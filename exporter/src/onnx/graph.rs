@@ -91,6 +91,8 @@ pub struct GraphBuilder {
     taps: Option<Vec<(String, String, usize)>>,
     /// Calibration statistics that int8 layers round their weights with (GPTQ).
     hessians: Option<Arc<Hessians>>,
+    /// The GPTQ stage's progress, advanced once per layer rounded.
+    gptq_progress: Option<crate::progress::Stage>,
     /// int8 activations as two uint8 digits (16 bits) instead of one code: see
     /// [`GraphBuilder::set_int8_activation_digits`].
     int8_digits: bool,
@@ -160,7 +162,22 @@ impl GraphBuilder {
     /// An empty graph whose int8 layers round their weights with GPTQ under `hessians`
     /// (layers without one round to nearest).
     pub fn with_hessians(hessians: Arc<Hessians>) -> Self {
-        GraphBuilder { hessians: Some(hessians), ..Self::default() }
+        let stage = crate::progress::Stage::new("GPTQ", hessians.layers.len() as u64, "layers");
+        GraphBuilder { hessians: Some(hessians), gptq_progress: Some(stage), ..Self::default() }
+    }
+
+    /// Records one more layer rounded with GPTQ.
+    pub(crate) fn gptq_layer_done(&self) {
+        if let Some(stage) = &self.gptq_progress {
+            stage.inc(1);
+        }
+    }
+
+    /// Ends the GPTQ stage's progress (a graph built without calibration has none).
+    pub fn finish_progress(&self) {
+        if let Some(stage) = &self.gptq_progress {
+            stage.finish();
+        }
     }
 
     /// Records `x` (`[..., features]`) as the input of dense layer `layer` (under

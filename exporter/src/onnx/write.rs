@@ -38,7 +38,13 @@ pub fn write_model(dir: &Path, graph: GraphBuilder, name: &str, metadata: &[(Str
     let mut data = BufWriter::new(file);
     let mut offset = 0u64;
     let mut initializer = Vec::with_capacity(graph.initializers.len());
+    let total: usize = graph.initializers.iter().map(|i| i.bytes.len()).sum();
+    let progress = crate::progress::Stage::new("writing", total.div_ceil(1 << 20) as u64, "MiB");
+    let mut written = 0usize;
     for init in graph.initializers {
+        let mib_before = written >> 20;
+        written += init.bytes.len();
+        progress.inc(((written >> 20) - mib_before) as u64);
         let mut t = pb::TensorProto {
             name: init.name,
             data_type: init.elem.code(),
@@ -66,6 +72,7 @@ pub fn write_model(dir: &Path, graph: GraphBuilder, name: &str, metadata: &[(Str
         .map_err(|e| ExportError::io(&data_path, e.into_error()))?
         .sync_all()
         .map_err(|e| ExportError::io(&data_path, e))?;
+    progress.finish();
 
     let mut opset_import = vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }];
     if graph.uses_ms_domain {

@@ -20,13 +20,18 @@
 
 use std::collections::BTreeMap;
 
+use tract_onnx::prelude::tract_ndarray::linalg::general_mat_mul;
 use tract_onnx::prelude::tract_ndarray::{Array2, ArrayView2};
 
 /// `H = Σ xxᵀ` of one layer input, accumulated over calibration tokens.
+///
+/// Kept in f32: a model's Hessians together are as large as a few of its layers squared
+/// (SmolLM2-135M: 121 layers, 0.4 GB in f32), and each sum is over a few thousand tokens, well
+/// within f32's precision for GPTQ's damped factorisation, which runs in f64 one layer at a time.
 #[derive(Debug, Clone)]
 pub struct Hessian {
     dim: usize,
-    sum: Array2<f64>,
+    sum: Array2<f32>,
     tokens: usize,
 }
 
@@ -39,8 +44,9 @@ impl Hessian {
     /// Adds the rows of `x` (`[rows, dim]` row-major f32).
     pub fn add(&mut self, x: &[f32]) {
         let rows = x.len() / self.dim;
-        let x = Array2::from_shape_fn((rows, self.dim), |(r, c)| f64::from(x[r * self.dim + c]));
-        self.sum += &x.t().dot(&x);
+        let Ok(x) = ArrayView2::from_shape((rows, self.dim), &x[..rows * self.dim]) else { return };
+        // Accumulated in place: no `dim × dim` temporary per call.
+        general_mat_mul(1.0, &x.t(), &x, 1.0, &mut self.sum);
         self.tokens += rows;
     }
 
@@ -63,37 +69,54 @@ pub struct Hessians {
 }
 
 /// Lower Cholesky factor `L` of the symmetric positive-definite `a` (`a = L Lᵀ`), or `None` when
-/// `a` is not positive definite (to rounding).
+/// `a` is not positive definite (to rounding). Row-oriented: every inner product runs over two
+/// contiguous row prefixes of `L`, which the compiler vectorises.
 fn cholesky(a: ArrayView2<'_, f64>) -> Option<Array2<f64>> {
     let n = a.nrows();
-    let mut l = Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let d = a[[j, j]] - (0..j).map(|k| l[[j, k]] * l[[j, k]]).sum::<f64>();
-        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return None;
-        }
-        let d = d.sqrt();
-        l[[j, j]] = d;
-        for i in j + 1..n {
-            let s = a[[i, j]] - (0..j).map(|k| l[[i, k]] * l[[j, k]]).sum::<f64>();
-            l[[i, j]] = s / d;
+    let mut l = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let (row_i, row_j) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
+            let s = a[[i, j]] - dot(row_i, row_j);
+            if i == j {
+                if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
         }
     }
-    Some(l)
+    Array2::from_shape_vec((n, n), l).ok()
 }
 
-/// Inverse of the lower-triangular `l` (itself lower triangular), by forward substitution.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Inverse of the lower-triangular `l` (itself lower triangular), by forward substitution one
+/// row at a time: row `r` of `L⁻¹` is `(e_r − Σ_{k<r} L[r,k]·(row k of L⁻¹)) / L[r,r]`, a sum of
+/// contiguous row prefixes.
 fn lower_inverse(l: &Array2<f64>) -> Array2<f64> {
     let n = l.nrows();
-    let mut inv = Array2::<f64>::zeros((n, n));
-    for c in 0..n {
-        inv[[c, c]] = 1.0 / l[[c, c]];
-        for r in c + 1..n {
-            let s: f64 = (c..r).map(|k| l[[r, k]] * inv[[k, c]]).sum();
-            inv[[r, c]] = -s / l[[r, r]];
+    let mut inv = vec![0f64; n * n];
+    for r in 0..n {
+        let (done, rest) = inv.split_at_mut(r * n);
+        let row = &mut rest[..n];
+        row[r] = 1.0;
+        for k in 0..r {
+            let lk = l[[r, k]];
+            if lk != 0.0 {
+                for (x, y) in row[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]) {
+                    *x -= lk * y;
+                }
+            }
         }
+        let d = l[[r, r]];
+        row[..=r].iter_mut().for_each(|x| *x /= d);
     }
-    inv
+    Array2::from_shape_vec((n, n), inv).unwrap_or_else(|_| Array2::zeros((n, n)))
 }
 
 /// The upper factor `U` of `H⁻¹ = Uᵀ U` that GPTQ's column updates read, after damping `H` by
@@ -102,7 +125,7 @@ fn lower_inverse(l: &Array2<f64>) -> Array2<f64> {
 /// even the strongest damping fails.
 fn inverse_factor(h: &Hessian) -> Option<Array2<f64>> {
     let n = h.dim;
-    let mut base = h.sum.clone();
+    let mut base = h.sum.mapv(f64::from);
     for i in 0..n {
         if base[[i, i]] == 0.0 {
             base[[i, i]] = 1.0;
@@ -136,28 +159,44 @@ pub fn quantise_rows(w: &[f32], rows: usize, cols: usize, h: &Hessian) -> Option
         return None;
     }
     let u = inverse_factor(h)?;
+    let u = u.as_standard_layout();
+    let u = u.as_slice()?;
     let mut codes = vec![0i8; w.len()];
     let mut scales = vec![0f32; rows];
+    // Rows are independent given `U`: split them over the machine's cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for ((w, codes), scales) in
+            w.chunks(per * cols).zip(codes.chunks_mut(per * cols)).zip(scales.chunks_mut(per))
+        {
+            scope.spawn(move || round_rows(w, cols, u, codes, scales));
+        }
+    });
+    Some((codes, scales))
+}
+
+/// GPTQ's column-by-column rounding of the rows of `w` (`[.., cols]`) under the upper factor `u`
+/// (`[cols, cols]` row-major), into `codes` and one scale per row in `scales`.
+fn round_rows(w: &[f32], cols: usize, u: &[f64], codes: &mut [i8], scales: &mut [f32]) {
     let mut row = vec![0f64; cols];
-    for r in 0..rows {
-        let src = &w[r * cols..(r + 1) * cols];
-        let scale = super::int8_rows::row_scale(src);
-        scales[r] = scale;
-        let s = f64::from(scale);
+    for ((src, codes), scale) in w.chunks_exact(cols).zip(codes.chunks_exact_mut(cols)).zip(scales.iter_mut())
+    {
+        *scale = super::int8_rows::row_scale(src);
+        let s = f64::from(*scale);
         for (dst, v) in row.iter_mut().zip(src) {
             *dst = f64::from(*v);
         }
         for i in 0..cols {
             let q = (row[i] / s).round().clamp(-127.0, 127.0);
-            codes[r * cols + i] = q as i8;
-            let err = (row[i] - q * s) / u[[i, i]];
-            let ui = u.row(i);
-            for j in i + 1..cols {
-                row[j] -= err * ui[j];
+            codes[i] = q as i8;
+            let ui = &u[i * cols..(i + 1) * cols];
+            let err = (row[i] - q * s) / ui[i];
+            for (x, uij) in row[i + 1..].iter_mut().zip(&ui[i + 1..]) {
+                *x -= err * uij;
             }
         }
     }
-    Some((codes, scales))
 }
 
 #[cfg(test)]
@@ -179,19 +218,20 @@ mod tests {
     fn cholesky_and_inverse_reproduce_the_matrix() {
         let mut h = Hessian::new(6);
         h.add(&stream(1, 6 * 40));
-        let l = cholesky(h.sum.view()).expect("positive definite");
+        let a = h.sum.mapv(f64::from);
+        let l = cholesky(a.view()).expect("positive definite");
         let back = l.dot(&l.t());
         let li = lower_inverse(&l);
         let eye = li.dot(&l);
         for i in 0..6 {
             for j in 0..6 {
-                assert!((back[[i, j]] - h.sum[[i, j]]).abs() < 1e-9);
+                assert!((back[[i, j]] - a[[i, j]]).abs() < 1e-9);
                 assert!((eye[[i, j]] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9);
             }
         }
         let mut bad = Hessian::new(2);
         bad.sum[[0, 0]] = -1.0;
-        assert!(cholesky(bad.sum.view()).is_none());
+        assert!(cholesky(bad.sum.mapv(f64::from).view()).is_none());
     }
 
     /// On correlated calibration inputs, GPTQ's codes give a smaller output error `‖X(W − Ŵ)ᵀ‖`

@@ -108,6 +108,9 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
         }
         q
     });
+    if gptq.is_some() {
+        g.gptq_layer_done();
+    }
     let (codes, scales) = gptq.unwrap_or_else(|| quantise_rows(layer.weight, layer.out, layer.inp));
     let (w, ws) = weight(g, layer, &codes, &scales);
     // Derived from the codes in the graph rather than stored: both backends fold this constant

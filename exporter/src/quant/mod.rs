@@ -68,9 +68,10 @@ pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear
         }
         QuantScheme::Fp16 => fp16::matmul(g, x, layer),
         QuantScheme::Int8 => int8::matmul_per_token(g, x, layer),
-        QuantScheme::Q4 if layer.inp.is_multiple_of(q4::BLOCK) => q4::matmul(g, x, layer),
+        QuantScheme::Q4 if q4_suits(layer) => q4::matmul(g, x, layer),
         // MatMulNBits blocks run along the input dimension; a layer it cannot block gets the
-        // next-smallest scheme instead of failing the export.
+        // next-smallest scheme instead of failing the export, and so does an 8-bit source.
+        QuantScheme::Q4 if layer.inp.is_multiple_of(q4::BLOCK) => int8::matmul_per_token(g, x, layer),
         QuantScheme::Q4 => {
             log::info!(
                 "{}: input size {} is not a multiple of {}: int8 instead of q4",
@@ -88,6 +89,21 @@ pub fn linear(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear
         }
         None => y,
     })
+}
+
+/// Whether `q4` stores `layer` in 4-bit blocks: its input size is a multiple of the block, and its
+/// weights are not already on an 8-bit grid (a GGUF Q8_0 tensor — llama.cpp's 4-bit files keep
+/// the token table in Q8_0 because a 4-bit head costs most of their perplexity; such a layer is
+/// stored int8, requantised per row).
+fn q4_suits(layer: &Linear<'_>) -> bool {
+    if !layer.inp.is_multiple_of(q4::BLOCK) {
+        return false;
+    }
+    if q4::on_q8_0_grid(layer.weight) {
+        log::info!("{}: weights on llama.cpp's Q8_0 grid: int8 instead of q4", layer.name);
+        return false;
+    }
+    true
 }
 
 /// A float weight that no scheme quantises (LSTM gates, tiny tables): f32, or f16
@@ -145,7 +161,12 @@ pub fn embedding(
             let table = float_weight(g, scheme, name, &dims, data);
             g.op("Gather", &[&table, ids], vec![("axis", crate::onnx::Attr::Int(0))])
         }
-        QuantScheme::Q4 if cols.is_multiple_of(2 * q4::BLOCK) => q4::gather(g, name, rows, cols, data, ids),
+        QuantScheme::Q4
+            if cols.is_multiple_of(2 * q4::BLOCK)
+                && q4_suits(&Linear { name, weight: data, out: rows, inp: cols, bias: None }) =>
+        {
+            q4::gather(g, name, rows, cols, data, ids)
+        }
         QuantScheme::Int8 | QuantScheme::Q4 => int8::gather(g, name, rows, cols, data, ids),
     }
 }
@@ -186,7 +207,7 @@ pub fn tied_table(
             let value = float_weight(g, scheme, &format!("{name}_t"), &[cols, rows], &t);
             TiedTable::Float { value, name: name.to_string(), cols }
         }
-        QuantScheme::Q4 if cols.is_multiple_of(q4::BLOCK) => TiedTable::Q4(q4::store(g, &layer)),
+        QuantScheme::Q4 if q4_suits(&layer) => TiedTable::Q4(q4::store(g, &layer)),
         QuantScheme::Int8 | QuantScheme::Q4 => TiedTable::Int8(int8::store(g, &layer)),
     }
 }

@@ -13,6 +13,18 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("exporter/ has a parent").to_path_buf()
 }
 
+/// The SmolLM2 GGUF, fetched (or found in the cache) by the project's script.
+pub fn smollm2() -> PathBuf {
+    let out = Command::new("bash").arg(root().join("models/fetch-smollm2.sh")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "models/fetch-smollm2.sh failed (the real model is required, not optional):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(stdout.lines().last().expect("fetch-smollm2.sh prints the path").trim())
+}
+
 /// A committed golden case: `exporter/tests/golden/<case>`.
 pub fn golden(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case)
