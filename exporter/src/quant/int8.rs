@@ -96,6 +96,9 @@ pub struct StoredWeight {
     column_sums: String,
 }
 
+/// The largest constant tract 0.23 folds at load when several nodes read it.
+const TRACT_FOLD_BYTES: usize = 4 << 20;
+
 /// Quantises `layer`'s weight per output channel and stores it (see [`StoredWeight`]).
 ///
 /// When the graph carries calibration statistics for the layer ([`GraphBuilder::with_hessians`]),
@@ -113,12 +116,26 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
     }
     let (codes, scales) = gptq.unwrap_or_else(|| quantise_rows(layer.weight, layer.out, layer.inp));
     let (w, ws) = weight(g, layer, &codes, &scales);
-    // Derived from the codes in the graph rather than stored: both backends fold this constant
-    // subgraph once at load, and the file is 4 bytes per output channel smaller.
-    let wide = g.op("Cast", &[&w], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
-    let rows = g.const_i64(&[0]);
-    let sums = g.op("ReduceSum", &[&wide, &rows], vec![("keepdims", Attr::Int(0))]);
-    let sums = g.op("Cast", &[&sums], vec![("to", Attr::Int(ElemType::F32.code() as i64))]);
+    // Small weights: derived from the codes in the graph rather than stored, a constant subgraph
+    // both backends fold once at load (the file is 4 bytes per output channel smaller). tract
+    // 0.23 folds a constant only within 4 MiB (tract-core's CONST_FOLD_MEM_BUDGET): a constant
+    // read by several nodes (the codes feed the matmul and this sum; a tied table's also the
+    // embedding gather) must fit, and so must each folded result — here the codes widened to
+    // i32. Past that the sum is recomputed at every step (measured on SmolLM2-135M: its 28 MB
+    // head and the 1.8 MB gate/up codes of each block took 70 % of a decode step), so it is
+    // stored.
+    let sums = if codes.len() * size_of::<i32>() > TRACT_FOLD_BYTES {
+        let mut sums = vec![0f32; layer.out];
+        for (sum, row) in sums.iter_mut().zip(codes.chunks_exact(layer.inp)) {
+            *sum = row.iter().map(|&c| i32::from(c)).sum::<i32>() as f32;
+        }
+        g.init_f32(&format!("{}.weight_column_sums", layer.name), &[layer.out], &sums)
+    } else {
+        let wide = g.op("Cast", &[&w], vec![("to", Attr::Int(ElemType::I32.code() as i64))]);
+        let rows = g.const_i64(&[0]);
+        let sums = g.op("ReduceSum", &[&wide, &rows], vec![("keepdims", Attr::Int(0))]);
+        g.op("Cast", &[&sums], vec![("to", Attr::Int(ElemType::F32.code() as i64))])
+    };
     StoredWeight { codes: w, scales: ws, column_sums: sums }
 }
 
@@ -194,4 +211,35 @@ pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredWeight) -> String 
     let offset = g.op("Mul", &[&lo, &w.column_sums], vec![]);
     let acc = g.op("Add", &[&acc, &offset], vec![]);
     g.op("Mul", &[&acc, &w.scales], vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column_sums_initializer(out: usize, inp: usize) -> Option<Vec<f32>> {
+        let weight: Vec<f32> = (0..out * inp).map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0).collect();
+        let layer = Linear { name: "w", weight: &weight, out, inp, bias: None };
+        let mut g = GraphBuilder::new();
+        store(&mut g, &layer);
+        let init = g.initializers.iter().find(|i| i.name == "w.weight_column_sums")?;
+        Some(init.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Codes whose i32 widening tract would not fold (> 4 MiB) get their column sums stored, and
+    /// the stored sums are the sums of each output channel's codes; small layers derive them in
+    /// the graph.
+    #[test]
+    fn large_layers_store_their_column_sums() {
+        assert!(column_sums_initializer(64, 64).is_none());
+        let (out, inp) = (2048, 640);
+        let sums = column_sums_initializer(out, inp).expect("stored column sums");
+        let weight: Vec<f32> = (0..out * inp).map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0).collect();
+        let (codes, _) = quantise_rows(&weight, out, inp);
+        assert_eq!(sums.len(), out);
+        for (o, sum) in sums.iter().enumerate() {
+            let want: i32 = codes[o * inp..(o + 1) * inp].iter().map(|&c| i32::from(c)).sum();
+            assert_eq!(*sum, want as f32, "channel {o}");
+        }
+    }
 }
