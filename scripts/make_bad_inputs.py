@@ -15,6 +15,7 @@ with it and what must come out:
      "inputs": {"X": "cases/.../x.npy"},   # model: run these after opening (optional)
      "generate": {"ids": [...] | "prompt": "...", "max_tokens": N, ...},   # bundle (optional)
      "embed": ["text", ...],               # bundle (optional)
+     "chat": "message",                    # bundle: render a one-message conversation (optional)
      "expect": "error" | "ok" | "any",     # any: a typed error or a result, never a crash
      "errors": ["InvalidModel", ...]}      # when set, the error kinds that are acceptable
 
@@ -959,6 +960,66 @@ def context(c: Corpus, b: Base) -> None:
         c.add(cat, f"bert-words-{n}", "bundle", d, "ok", embed=[" ".join(["ab"] * n)])
 
 
+# --- chat templates ------------------------------------------------------------------------
+
+CHAT_FIXTURE = ROOT / "tests" / "golden" / "chat" / "ferrite-fixture.jinja"
+SHIPPED_GPT = ROOT / "models" / "shakespeare-gpt" / "int8"
+
+
+def chat(c: Corpus, b: Base) -> None:
+    """Hostile and broken chat templates in the shipped GPT bundle's ferrite.json (its tokenizer
+    has `<|endoftext|>`): each case renders a one-message conversation (and the CLI generates a
+    token from it). Templates that loop, recurse, read files or grow without bound must stop with
+    an error; a malformed `chat` object must be refused when the bundle opens."""
+    cat = "chat"
+    eot = "<|endoftext|>"
+    good = CHAT_FIXTURE.read_text()
+    template_errors = ["ChatTemplate", "ResourceLimit"]
+    open_errors = ["InvalidBundle"]
+    cases = [
+        ("fixture", {"template": good}, "ok", None),
+        ("empty-template", {"template": ""}, "any", None),
+        ("long-loop", {"template": "{% for i in range(1000000000) %}{{ i }}{% endfor %}"}, "error",
+         template_errors),
+        ("nested-loops", {"template": "{% for a in range(100000) %}{% for b in range(100000) %}x"
+                                      "{% endfor %}{% endfor %}"}, "error", template_errors),
+        ("recursive-macro", {"template": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"},
+         "error", template_errors),
+        ("include-file", {"template": "{% include '/etc/passwd' %}"}, "error", template_errors),
+        ("include-self", {"template": "x{% include 'chat_template' %}"}, "error", template_errors),
+        ("import", {"template": "{% import 'macros.jinja' as m %}{{ m.f() }}"}, "error",
+         template_errors),
+        ("extends", {"template": "{% extends 'base.jinja' %}"}, "error", template_errors),
+        ("huge-repeat", {"template": "{{ 'x' * 100000000000 }}"}, "error",
+         template_errors + ["InvalidGeneration"]),
+        ("output-past-bound", {"template": "{% for i in range(3000) %}{{ 'y' * 2000 }}{% endfor %}"},
+         "error", template_errors),
+        ("raise-exception", {"template": "{{ raise_exception('no system messages') }}"}, "error",
+         template_errors),
+        ("undefined-call", {"template": "{{ nothing.here() }}"}, "error", template_errors),
+        ("syntax-error", {"template": "{% if %}"}, "error", open_errors),
+        ("unclosed-block", {"template": "{% for m in messages %}{{ m.content }}"}, "error", open_errors),
+        ("deep-nesting", {"template": "{{ " + "[" * 5000 + "]" * 5000 + " }}"}, "error",
+         open_errors + template_errors),
+        ("template-too-long", {"template": "a" * (300 << 10)}, "error", open_errors),
+        ("template-not-string", {"template": 42}, "error", open_errors),
+        ("no-template", {"bos_token": eot}, "error", open_errors),
+        ("end-of-turn-two-tokens", {"template": good, "end_of_turn": ["hello world"]}, "error",
+         open_errors),
+        ("end-of-turn-unknown", {"template": good, "end_of_turn": ["<|never_seen|>"]}, "error",
+         open_errors),
+        ("end-of-turn-many", {"template": good, "end_of_turn": [eot] * 20}, "any", None),
+        ("nul-in-template", {"template": "a\u0000b{{ messages[0].content }}"}, "any", None),
+    ]
+    for name, spec, expect, errors in cases:
+        d = copy_dir(SHIPPED_GPT, c.out / "cases" / cat / name)
+        manifest_path = d / "ferrite.json"
+        m = json.loads(manifest_path.read_text())
+        m["chat"] = {"bos_token": eot, "eos_token": eot, **spec}
+        manifest_path.write_text(json.dumps(m, indent=2))
+        c.add(cat, name, "bundle", d, expect, errors, chat="What is the capital of France?")
+
+
 # --- GGUF ----------------------------------------------------------------------------------
 
 GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -1147,7 +1208,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(out)
     base = Base(corpus, args.ferrite)
-    for category in [truncated, bitflip, mutated, escape, manifest, tokenizer, hashes, inputs, context, gguf]:
+    for category in [truncated, bitflip, mutated, escape, manifest, tokenizer, hashes, inputs, context, chat,
+                     gguf]:
         category(corpus, base)
     (out / "cases.json").write_text(json.dumps(corpus.cases, indent=1))
     counts: dict[str, int] = {}

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ferrite_runtime::generate::{GenerateOptions, Generator};
 use ferrite_runtime::sample::SamplingParams;
-use ferrite_runtime::{Bundle, BundleOptions, Embedder, Error, Model, Options, stream};
+use ferrite_runtime::{Bundle, BundleOptions, Embedder, Error, Message, Model, Options, stream};
 
 /// Largest single allocation a case may make (the biggest legitimate one is well under 16 MiB).
 const MAX_ALLOCATION: usize = 1 << 30;
@@ -96,6 +96,8 @@ struct Case {
     inputs: BTreeMap<String, String>,
     generate: Option<Generate>,
     embed: Option<Vec<String>>,
+    /// A user message to render with the bundle's chat template.
+    chat: Option<String>,
     no_verify: bool,
 }
 
@@ -153,6 +155,7 @@ impl Case {
             inputs,
             generate,
             embed: v.get("embed").map(strings),
+            chat: text(v, "chat"),
             no_verify: v.get("no_verify").and_then(|b| b.as_bool()).unwrap_or(false),
         }
     }
@@ -177,6 +180,7 @@ fn kind(e: &Error) -> &'static str {
         Error::UnknownToken { .. } => "UnknownToken",
         Error::InvalidGeneration(_) => "InvalidGeneration",
         Error::ContextFull { .. } => "ContextFull",
+        Error::ChatTemplate(_) => "ChatTemplate",
         _ => "Other",
     }
 }
@@ -214,6 +218,11 @@ fn run_api(corpus: &Path, case: &Case) -> Result<String, Error> {
                 let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let e = Embedder::new(&bundle)?.embed(&texts)?;
                 return Ok(format!("{} x {}", e.len(), e.first().map_or(0, Vec::len)));
+            }
+            if let Some(message) = &case.chat {
+                let prompt =
+                    bundle.require_chat_template()?.render(&[Message::user(message.as_str())], true)?;
+                return Ok(format!("chat prompt of {} bytes", prompt.len()));
             }
             let g = case.generate.as_ref().expect("a bundle case generates or embeds");
             let prompt: Vec<u32> = match (&g.ids, &g.prompt) {
@@ -313,7 +322,36 @@ fn run_c(corpus: &Path, case: &Case) -> Result<String, (String, String)> {
     if st != ferrite_status::FERRITE_OK {
         return fail(st);
     }
-    let result = if let Some(texts) = &case.embed {
+    let result = if let Some(message) = &case.chat {
+        let (role, content) = (cstr("user")?, cstr(message)?);
+        let messages = [ferrite_chat_message { role: role.as_ptr(), content: content.as_ptr() }];
+        let mut written = 0usize;
+        // SAFETY: `bundle` is live; one message of NUL-terminated strings; a NULL buffer of
+        // length 0 asks for the size; `written` is an out pointer.
+        let st = unsafe { ferrite_chat_render(bundle, messages.as_ptr(), 1, 1, null_mut(), 0, &mut written) };
+        if st == ferrite_status::FERRITE_ERR_BUFFER_TOO_SMALL {
+            let mut buf = vec![0 as c_char; written + 1];
+            // SAFETY: as above, with a buffer of `written + 1` bytes.
+            let st = unsafe {
+                ferrite_chat_render(
+                    bundle,
+                    messages.as_ptr(),
+                    1,
+                    1,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut written,
+                )
+            };
+            if st == ferrite_status::FERRITE_OK {
+                Ok(format!("chat prompt of {written} bytes"))
+            } else {
+                fail(st)
+            }
+        } else {
+            fail(st)
+        }
+    } else if let Some(texts) = &case.embed {
         let owned = texts.iter().map(|t| cstr(t)).collect::<Result<Vec<_>, _>>()?;
         let ptrs: Vec<*const c_char> = owned.iter().map(|c| c.as_ptr()).collect();
         let mut embedder = null_mut();
@@ -603,7 +641,10 @@ fn cli_args(corpus: &Path, case: &Case, scratch: &Path) -> Option<Vec<String>> {
             args.extend(["--output".into(), scratch.join("out.npz").display().to_string()]);
         }
         _ => {
-            if let Some(texts) = &case.embed {
+            if let Some(message) = &case.chat {
+                // The CLI renders the conversation and generates one token from it.
+                args.extend(["generate".into(), path, format!("--chat={message}"), "--max-tokens=1".into()]);
+            } else if let Some(texts) = &case.embed {
                 args.extend(["embed".into(), path, "--json".into()]);
                 for t in texts {
                     args.push(format!("--text={t}"));
@@ -760,7 +801,7 @@ fn check_c(case: &Case, rust: &Outcome, c: &Outcome) -> Option<String> {
     match (rust, c) {
         (_, Outcome::Crash(why)) => Some(why.clone()),
         (_, Outcome::Err { kind, .. }) if kind == "NulByte" || kind == "NotExpressible" => None,
-        (Outcome::Ok(a), Outcome::Ok(b)) if case.generate.is_some() && a != b => {
+        (Outcome::Ok(a), Outcome::Ok(b)) if (case.generate.is_some() || case.chat.is_some()) && a != b => {
             Some(format!("C API {b} differs from the Rust API's {a}"))
         }
         (Outcome::Ok(_), Outcome::Ok(_)) | (Outcome::Err { .. }, Outcome::Err { .. }) => None,

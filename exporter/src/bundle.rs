@@ -111,7 +111,8 @@ pub struct Manifest {
     /// How int8 weights were calibrated (GPTQ), when they were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationReport>,
-    /// int8 bundles: bits per activation value (8, or 16 as two uint8 digits).
+    /// int8 and q4 bundles: bits per activation value of their int8 layers (8, or 16 as two
+    /// uint8 digits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_bits: Option<u8>,
     /// The chat template and its special tokens (docs/chat.md), when the source has one.
@@ -179,14 +180,16 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     }
     let activation_bits = match opts.activation_bits {
         Some(bits) => bits,
-        None if opts.quant == QuantScheme::Int8 => arch.int8_activation_bits(),
+        // q4 bundles hold int8 layers too (8-bit sources such as a GGUF's Q8_0 token table, and
+        // layers 4-bit blocks do not fit): the same precision as an int8 bundle of the model.
+        None if matches!(opts.quant, QuantScheme::Int8 | QuantScheme::Q4) => arch.int8_activation_bits(),
         None => 8,
     };
     let digits = match (activation_bits, opts.quant) {
         (8, _) => false,
-        (16, QuantScheme::Int8) => true,
+        (16, QuantScheme::Int8 | QuantScheme::Q4) => true,
         (bits, scheme) => {
-            let message = format!("activation bits {bits}: 8, or 16 with int8");
+            let message = format!("activation bits {bits}: 8, or 16 with int8 or q4");
             return Err(ExportError::Quantisation { scheme: scheme.name(), message });
         }
     };
@@ -250,7 +253,7 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         files,
         accuracy,
         calibration,
-        activation_bits: (opts.quant == QuantScheme::Int8).then_some(activation_bits),
+        activation_bits: matches!(opts.quant, QuantScheme::Int8 | QuantScheme::Q4).then_some(activation_bits),
         chat: crate::chat_spec::chat_spec(src)?,
     };
     let manifest_path = tmp.path().join(MANIFEST_FILE);
