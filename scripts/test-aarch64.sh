@@ -4,7 +4,8 @@
 # `-cpu cortex-a72` and with `-cpu cortex-a76` (where tract picks its SDOT int8 kernels):
 #   1. the runtime's unit tests (built with the `ort` feature too);
 #   2. parity with the x86 CLI (same script, same inputs) on every bundle under models/*/{int8,fp32}/
-#      plus LSTM and GPT-2 test bundles exported here in both quantisations, on tract and on ONNX
+#      plus LSTM and GPT-2 test bundles exported here in both quantisations and a Llama GGUF fixture
+#      in fp32, int8 and q4, on tract and on ONNX
 #      Runtime (the aarch64 wheel's library under qemu >= 8 vs the x86 one): greedy ids identical,
 #      prompt logits within 1e-4 (fp32) or half the bundle's own int8 logit error (int8, see
 #      int8_tolerance below and boards/README.md); `infer`
@@ -149,7 +150,7 @@ for cpu in "${cpus[@]}"; do
     done
 done
 
-step "bundles: shipped ones plus LSTM/GPT-2 test bundles in both quantisations"
+step "bundles: shipped ones, LSTM/GPT-2 test bundles in both quantisations, a Llama GGUF in three"
 mkdir -p "$work"
 bundles=()
 for b in models/*/int8 models/*/fp32; do [ -f "$b/ferrite.json" ] && bundles+=("$root/$b"); done
@@ -159,6 +160,14 @@ for arch in lstm gpt2; do
         [ -f "$dir/ferrite.json" ] || "$x86" export "exporter/tests/golden/$arch" -o "$dir" --quant "$quant" --force >/dev/null
         bundles+=("$dir")
     done
+done
+# A Llama-family bundle from a GGUF file (grouped-query attention, llama3 rotary scaling, Q4_1
+# blocks: q4 keeps the file's codes).
+for quant in fp32 int8 q4; do
+    dir="$work/bundles/llama-$quant"
+    [ -f "$dir/ferrite.json" ] || "$x86" export exporter/tests/golden/llama3/model-q4_1.gguf -o "$dir" \
+        --quant "$quant" --force --quiet >/dev/null
+    bundles+=("$dir")
 done
 
 # Compares two `generate --json` outputs and two .npy logit dumps (pure Python, no numpy).
@@ -190,6 +199,8 @@ for b in "${bundles[@]}"; do
     name="$(basename "$(dirname "$b")")-$(basename "$b")"
     quant=fp32
     grep -q '"int8"' "$b/ferrite.json" && quant=int8
+    # q4 weights are exact f32 values after unpacking: fp32's tolerance.
+    grep -q '"quantisation": "q4"' "$b/ferrite.json" && quant=q4
     tol=$FP32_TOLERANCE
     [ "$quant" = int8 ] && tol=$(int8_tolerance "$b")
     if [[ "$b" == "$root/models/"* ]]; then
