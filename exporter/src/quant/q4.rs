@@ -19,9 +19,11 @@
 //! and stores each block as `d·(q − 8) + o` with `o = m + 8d`: the same `MatMulNBits` codes and
 //! scales plus a per-block offset, added as `blocksum(x) · Oᵀ` (a `[.., K/32] × [K/32, N]`
 //! matmul, 1/32 of the layer's multiply-adds). The mins are stored f16 (Q4_1's own 20 bytes per
-//! block) and `o` is computed from constants, which both backends fold at load. This path is taken
-//! only when every block of a layer is reproduced exactly; any other weights get the symmetric
-//! blocks.
+//! block) and `o` is computed from constants, which both backends fold at load — on tract only
+//! while the scales read by that computation fit its 4 MiB folding budget (see int8.rs), which
+//! every layer of a 135M–0.5B model does; a Q4_1 token table of a 128k vocabulary would not, and
+//! its offsets would be recomputed at each step. This path is taken only when every block of a
+//! layer is reproduced exactly; any other weights get the symmetric blocks.
 
 use super::Linear;
 use half::f16;
@@ -138,11 +140,8 @@ fn quantise(name: &str, weight: &[f32], inp: usize) -> Quantised {
     if symmetric_exact {
         return Quantised { codes, scales, mins: None };
     }
-    let mut grid = Quantised {
-        codes: Vec::with_capacity(codes.len()),
-        scales: Vec::with_capacity(blocks),
-        mins: Some(Vec::with_capacity(blocks)),
-    };
+    let (mut grid_codes, mut grid_scales) = (Vec::with_capacity(codes.len()), Vec::with_capacity(blocks));
+    let mut mins = Vec::with_capacity(blocks);
     for (i, block) in weight.chunks_exact(BLOCK).enumerate() {
         let (d, m, packed) = match exact_q4_1(block) {
             Some(found) => found,
@@ -161,14 +160,12 @@ fn quantise(name: &str, weight: &[f32], inp: usize) -> Quantised {
                 (s, m, packed)
             }
         };
-        grid.codes.extend_from_slice(&packed);
-        grid.scales.push(d);
-        if let Some(mins) = grid.mins.as_mut() {
-            mins.push(m);
-        }
+        grid_codes.extend_from_slice(&packed);
+        grid_scales.push(d);
+        mins.push(m);
     }
     log::info!("{name}: weights on llama.cpp's Q4_1 grid, codes kept (scale and min per block)");
-    grid
+    Quantised { codes: grid_codes, scales: grid_scales, mins: Some(mins) }
 }
 
 /// Quantises `layer`'s weight in blocks of 32 and stores it; `layer.inp` must be a multiple of
