@@ -68,3 +68,47 @@ fn export_gpt2(tmp: &Path) -> PathBuf {
     assert!(o.status.success(), "export failed: {}", String::from_utf8_lossy(&o.stderr));
     out
 }
+
+/// A caller that says how long its sequences are gets a budget for those, not the full context;
+/// a generator checks its own prompt plus `max_tokens` before the prefill, from Rust and the CLI.
+#[test]
+fn a_budget_counts_the_positions_a_generation_reaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = export_gpt2(tmp.path());
+    let context = Bundle::open(&dir).unwrap().context_length().unwrap();
+    let model = Model::open(dir.join("model.onnx")).unwrap();
+    let at = |positions| budget::estimate(model.info(), &Options::default(), positions).total();
+    let (short, long) = (6, 12);
+    assert!(at(short) < at(long) && at(long) < at(context), "the estimate grows with positions");
+    let budget = at(short);
+    let full = Bundle::open_with(&dir, &BundleOptions::default().memory_budget(budget));
+    assert!(matches!(full, Err(Error::ResourceLimit(_))), "{full:?}");
+    let bundle =
+        Bundle::open_with(&dir, &BundleOptions::default().memory_budget(budget).positions(short)).unwrap();
+    assert_eq!(bundle.check_memory(short).unwrap().total(), budget);
+    let mut generator = ferrite_runtime::Generator::new(&bundle).unwrap();
+    let options = |max_tokens| ferrite_runtime::GenerateOptions { max_tokens, ..Default::default() };
+    let fits = generator.generate(&[1, 2], &options(short - 2), &|_| None, &mut |_| {}).unwrap();
+    assert_eq!(fits.ids.len(), short - 2);
+    let over = generator.generate(&[1, 2], &options(long - 2), &|_| None, &mut |_| {});
+    assert!(matches!(over, Err(Error::ResourceLimit(_))), "{:?}", over.map(|g| g.ids));
+
+    let bytes = budget.to_string();
+    let cli = |max_tokens: &str| {
+        let args = ["generate", dir.to_str().unwrap(), "--ids", "1,2", "--max-tokens", max_tokens];
+        ferrite(&[&args[..], &["--memory-budget", &bytes]].concat())
+    };
+    let o = cli("4");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Refused at open: --max-tokens + 1 positions are over the budget before any prompt.
+    let o = cli("10");
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("resource limit") && stderr.contains("at 11 positions"), "{stderr}");
+    // Opened (5 positions fit), refused by the generator: a 3-token prompt plus 4 is 7.
+    let args = ["generate", dir.to_str().unwrap(), "--ids", "1,2,3", "--max-tokens", "4"];
+    let o = ferrite(&[&args[..], &["--memory-budget", &bytes]].concat());
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("resource limit") && stderr.contains("at 7 positions"), "{stderr}");
+}

@@ -58,6 +58,10 @@ pub struct ExportOptions {
     /// a Keras `Tokenizer`'s JSON or a one-token-per-line text file ([`crate::vocab`]). It
     /// replaces the tokenizer files the source would otherwise give.
     pub vocab: Option<PathBuf>,
+    /// Whether an LM head (or tied token table) on llama.cpp's Q8_0 grid is stored as an int8
+    /// pair, near-exact, rather than one int8 layer rounded per row ([`crate::quant::int8::StoredPair`]);
+    /// `None`: the scheme decides — `int8` (accuracy first) pairs, `q4` (size first) does not.
+    pub int8_head_pairs: Option<bool>,
 }
 
 impl Default for ExportOptions {
@@ -70,6 +74,7 @@ impl Default for ExportOptions {
             gptq: true,
             activation_bits: None,
             vocab: None,
+            int8_head_pairs: None,
         }
     }
 }
@@ -194,6 +199,7 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
         }
     };
     builder.set_int8_activation_digits(digits);
+    builder.set_int8_head_pairs(opts.int8_head_pairs.unwrap_or(opts.quant == QuantScheme::Int8));
     // The bundle's own graph, then (for quantised bundles) the fp32 reference beside it.
     let graph = arch.build(opts.quant, builder)?;
     graph.finish_progress();

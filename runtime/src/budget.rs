@@ -9,22 +9,45 @@
 //!   loading: tract copies every weight into its buffers (peak RSS 2.4× the weights with external
 //!   data, 3.8× with weights embedded in the protobuf); ONNX Runtime with prepacking keeps a private
 //!   repacked copy (1.2× / 2.4×), without prepacking the weights stay file-backed (1.05× / 2.4×);
-//! - on tract, one more copy of the int8 weights of an int8 step graph (a decoder with a KV cache,
-//!   an LSTM): its few-row int8 matmul keeps them transposed beside tract's packed copy
-//!   (`backend/tract/matmul_i8.rs`);
+//! - low-bit weights at their own factors, measured on SmolLM2-135M bundles (peak RSS of
+//!   `ferrite generate --chat` on x86 and, for tract q4, on aarch64 under qemu; BENCHMARKS.md):
+//!   on tract the int8 codes of a step graph (a decoder with a KV cache, an LSTM) 6× — tract's
+//!   packed copy, the transposed copy ferrite's few-row int8 matmul keeps
+//!   (`backend/tract/matmul_i8.rs`) and the file's pages — and `MatMulNBits`' 4-bit codes 9×
+//!   (tract unpacks the blocks into its matmul panels at load: SmolLM2 q4, 51 MiB of codes, peaks
+//!   at 469 MiB on x86 and 566 MiB on a Cortex-A53); on ONNX Runtime with prepacking, int8 and
+//!   4-bit codes 2× (its packed copy beside the mapped file);
 //! - every graph input and output at batch 1 and the given number of positions (symbolic dims
 //!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
-//!   For a GPT-2 bundle at its full context length this is the KV cache (four copies: past and
-//!   present, twice; the in-place caches, tract's and ONNX Runtime's (`backend/ort/cache.rs`), hold
-//!   one, in a buffer at most twice its length, so they stay within that);
-//! - a fixed allowance for the runtime, the backend's plan and intermediate activations.
+//!   For a decoder this is its KV cache and logits (four cache copies: past and present, twice;
+//!   the in-place caches, tract's and ONNX Runtime's (`backend/ort/cache.rs`), hold one, in a
+//!   buffer at most twice its length, so they stay within that);
+//! - a fixed allowance per backend for the runtime, the tokenizer, the backend's plan and
+//!   intermediate activations (ONNX Runtime's library and arenas are the larger).
 
 use crate::backend::{BackendKind, Options};
 use crate::error::{Error, Result};
 use crate::model::{Dim, ModelInfo};
 
-/// Bytes counted for the runtime itself, the backend's plan and intermediate activations.
-pub const FIXED_ALLOWANCE: u64 = 8 << 20;
+/// Bytes counted on tract for the runtime itself, the tokenizer, the plan and activations.
+pub const FIXED_ALLOWANCE_TRACT: u64 = 48 << 20;
+/// Bytes counted on ONNX Runtime for the same, its shared library and arenas included.
+pub const FIXED_ALLOWANCE_ORT: u64 = 96 << 20;
+
+/// The fixed allowance of `backend` ([`FIXED_ALLOWANCE_TRACT`], [`FIXED_ALLOWANCE_ORT`]).
+pub fn fixed_allowance(backend: BackendKind) -> u64 {
+    match backend {
+        BackendKind::Tract => FIXED_ALLOWANCE_TRACT,
+        BackendKind::Ort => FIXED_ALLOWANCE_ORT,
+    }
+}
+
+/// Peak RSS on tract per byte of a step graph's int8 (`MatMulInteger`) codes (module docs).
+const TRACT_STEP_INT8_FACTOR: f64 = 6.0;
+/// Peak RSS on tract per byte of `MatMulNBits` codes (module docs).
+const TRACT_NBITS_FACTOR: f64 = 9.0;
+/// Peak RSS on ONNX Runtime with prepacking per byte of int8 or 4-bit codes (module docs).
+const ORT_PREPACKED_CODES_FACTOR: f64 = 2.0;
 
 /// What preparing and running a model is expected to need.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,7 +58,7 @@ pub struct MemoryEstimate {
     pub loaded_weights: u64,
     /// Graph inputs and outputs at batch 1 and the planned positions, backend and ferrite copies.
     pub io: u64,
-    /// [`FIXED_ALLOWANCE`].
+    /// [`fixed_allowance`] of the backend.
     pub fixed: u64,
 }
 
@@ -63,16 +86,35 @@ pub fn estimate(info: &ModelInfo, options: &Options, positions: usize) -> Memory
     let weights = info.weight_bytes();
     let external = !info.external_data_files.is_empty();
     let factor = weight_factor(options.backend, external, options.ort_prepacking);
-    let few_row_copy = if options.backend == BackendKind::Tract
-        && options.tract_fused_int8
-        && info.ops.contains_key("MatMulInteger")
-        && info.inputs.iter().any(|i| crate::backend::is_step_input(&i.name))
-    {
-        info.initializer_bytes.get("i8").copied().unwrap_or(0)
-    } else {
-        0
-    };
-    let loaded_weights = ((weights as f64 * factor).ceil() as u64).saturating_add(few_row_copy);
+    let bytes = |dtype: &str| info.initializer_bytes.get(dtype).copied().unwrap_or(0);
+    let step_graph = info.inputs.iter().any(|i| crate::backend::is_step_input(&i.name));
+    // Low-bit codes with their own factor: (bytes, factor) instead of `factor`.
+    let mut low_bit: Vec<(u64, f64)> = Vec::new();
+    let int8 = info.ops.contains_key("MatMulInteger");
+    let nbits = info.ops.contains_key("com.microsoft.MatMulNBits");
+    match options.backend {
+        BackendKind::Tract => {
+            if int8 && step_graph {
+                low_bit.push((bytes("i8"), TRACT_STEP_INT8_FACTOR));
+            }
+            if nbits {
+                low_bit.push((bytes("u8"), TRACT_NBITS_FACTOR));
+            }
+        }
+        BackendKind::Ort if options.ort_prepacking && external => {
+            if int8 {
+                low_bit.push((bytes("i8"), ORT_PREPACKED_CODES_FACTOR));
+            }
+            if nbits {
+                low_bit.push((bytes("u8"), ORT_PREPACKED_CODES_FACTOR));
+            }
+        }
+        BackendKind::Ort => {}
+    }
+    let special: u64 = low_bit.iter().map(|&(b, _)| b).fold(0, u64::saturating_add);
+    let rest = weights.saturating_sub(special) as f64 * factor;
+    let loaded = low_bit.iter().fold(rest, |acc, &(b, f)| acc + b as f64 * f.max(factor));
+    let loaded_weights = loaded.ceil() as u64;
     let positions = positions.max(1) as u64;
     // Saturating: a manifest may claim any context length (`sum` would overflow and panic).
     let io: u64 = info
@@ -81,7 +123,12 @@ pub fn estimate(info: &ModelInfo, options: &Options, positions: usize) -> Memory
         .chain(&info.outputs)
         .map(|io| io_bytes(io, positions))
         .fold(0, u64::saturating_add);
-    MemoryEstimate { weights, loaded_weights, io: io.saturating_mul(2), fixed: FIXED_ALLOWANCE }
+    MemoryEstimate {
+        weights,
+        loaded_weights,
+        io: io.saturating_mul(2),
+        fixed: fixed_allowance(options.backend),
+    }
 }
 
 /// Bytes of one input or output at batch 1 (the first dim, when symbolic) and `positions`.
@@ -152,21 +199,27 @@ mod tests {
         assert_eq!(e.loaded_weights, 2400);
         // x: 1 × 3 × 4 f32 = 48 bytes, y: 1 × 10 f32 = 40 bytes; both counted twice.
         assert_eq!(e.io, 176);
-        assert_eq!(e.total(), 2400 + 176 + FIXED_ALLOWANCE);
+        assert_eq!(e.total(), 2400 + 176 + FIXED_ALLOWANCE_TRACT);
         let embedded = estimate(&info(1000, false), &Options::default(), 3);
         assert_eq!(embedded.loaded_weights, 3800);
     }
 
     #[test]
-    fn tract_counts_the_few_row_int8_copy_of_step_graphs_only() {
+    fn low_bit_codes_of_step_graphs_count_at_their_own_factors() {
         let mut int8 = info(1000, true);
         int8.initializer_bytes.insert("i8".into(), 600);
         int8.ops.insert("MatMulInteger".into(), 3);
         let encoder = estimate(&int8, &Options::default(), 3).loaded_weights;
         assert_eq!(encoder, 3840); // 1600 bytes × 2.4
         int8.inputs[0].name = "past_key.0".into();
-        assert_eq!(estimate(&int8, &Options::default(), 3).loaded_weights, 3840 + 600);
-        assert_eq!(estimate(&int8, &Options::default().tract_fused_int8(false), 3).loaded_weights, 3840);
+        assert_eq!(estimate(&int8, &Options::default(), 3).loaded_weights, 2400 + 3600); // 600 × 6
+        let ort = Options::default().backend(BackendKind::Ort);
+        assert_eq!(estimate(&int8, &ort, 3).loaded_weights, 1200 + 1200); // 1000 × 1.2, 600 × 2
+        assert_eq!(estimate(&int8, &ort, 3).fixed, FIXED_ALLOWANCE_ORT);
+        let mut q4 = info(1000, true);
+        q4.initializer_bytes.insert("u8".into(), 500);
+        q4.ops.insert("com.microsoft.MatMulNBits".into(), 3);
+        assert_eq!(estimate(&q4, &Options::default(), 3).loaded_weights, 2400 + 4500); // 500 × 9
     }
 
     #[test]

@@ -123,11 +123,14 @@ pub struct BundleOptions {
     pub run: Options,
     /// Check every file's sha256 against the manifest before loading (on by default).
     pub verify_hashes: bool,
+    /// The longest sequence (prompt plus new tokens) the caller will run, for the memory estimate
+    /// at open; `None` counts the bundle's full context length.
+    pub positions: Option<usize>,
 }
 
 impl Default for BundleOptions {
     fn default() -> Self {
-        BundleOptions { run: Options::default(), verify_hashes: true }
+        BundleOptions { run: Options::default(), verify_hashes: true, positions: None }
     }
 }
 
@@ -148,9 +151,20 @@ impl BundleOptions {
         self
     }
     /// Refuses bundles whose estimated memory (weights, the backend's copy of them, inputs and
-    /// outputs at the full context length) exceeds `bytes`: `ResourceLimit` before loading.
+    /// outputs at the full context length, or at [`BundleOptions::positions`]) exceeds `bytes`:
+    /// `ResourceLimit` before loading. A [`crate::Generator`] checks the budget again before each
+    /// generation, at its prompt plus `max_tokens` positions.
     pub fn memory_budget(mut self, bytes: u64) -> Self {
         self.run = self.run.memory_budget(bytes);
+        self
+    }
+    /// The longest sequence (prompt plus new tokens) the caller will run: the memory estimate at
+    /// open counts inputs and outputs (a decoder's KV cache and logits) at this many positions,
+    /// at most the context length, instead of the full context. A small LLM's context is long
+    /// (SmolLM2: 8192 positions, 1.6 GB of logits alone at full length), so a budget that counts
+    /// all of it refuses models that fit the generations actually run.
+    pub fn positions(mut self, positions: usize) -> Self {
+        self.positions = Some(positions);
         self
     }
     /// Turns the sha256 check on (default) or off.
@@ -166,6 +180,8 @@ pub struct Bundle {
     manifest: Manifest,
     architecture: Architecture,
     plan: Plan,
+    /// The options the plan was prepared with (the memory budget, for [`Bundle::check_memory`]).
+    run: Options,
     vocab_size: Option<usize>,
     #[cfg(feature = "text")]
     tokenizer: Option<TextTokenizer>,
@@ -212,8 +228,10 @@ impl Bundle {
         }
         let model = Model::open(confined(&dir, MODEL_FILE)?)?;
         let vocab_size = fixed_last_dim(&model, "logits");
-        // The budget counts inputs/outputs (GPT-2's KV cache) at the full context length.
-        let positions = manifest.context_length.unwrap_or(1);
+        // The budget counts inputs/outputs (a decoder's KV cache) at the full context length,
+        // unless the caller says how long its sequences are.
+        let context = manifest.context_length.unwrap_or(1);
+        let positions = options.positions.map_or(context, |p| p.min(context));
         let plan = model.prepare_for_positions(&options.run, positions)?;
         #[cfg(feature = "text")]
         let tokenizer = {
@@ -241,6 +259,7 @@ impl Bundle {
             manifest,
             architecture,
             plan,
+            run: options.run.clone(),
             vocab_size,
             #[cfg(feature = "text")]
             tokenizer,
@@ -267,6 +286,14 @@ impl Bundle {
     /// The prepared model; make sessions from it.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// Checks the memory budget the bundle was opened with (if any) for sequences of `positions`
+    /// tokens (at most the context length): `ResourceLimit` when the estimate exceeds it. Returns
+    /// the estimate either way.
+    pub fn check_memory(&self, positions: usize) -> Result<crate::budget::MemoryEstimate> {
+        let positions = self.context_length().map_or(positions, |c| positions.min(c));
+        crate::budget::check(self.plan.info(), &self.run, positions)
     }
 
     /// Longest sequence the model handles (`None`: no limit, e.g. an LSTM).

@@ -329,6 +329,11 @@ impl<B: Deref<Target = Bundle>> Generator<B> {
         {
             return Err(Error::ContextFull { needed: prompt.len(), context_length: ctx });
         }
+        // The budget checked at open may have counted fewer positions than this generation
+        // reaches (its KV cache and prompt logits): refuse before the prefill allocates them.
+        if self.bundle.architecture().is_kv_decoder() {
+            self.bundle.check_memory(prompt.len().saturating_add(opts.max_tokens))?;
+        }
         self.reset()?;
         let start = Instant::now();
         // `max_tokens` is a limit, not a size: reserve no more than a generation can plausibly use.

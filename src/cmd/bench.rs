@@ -119,7 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--repeat must be at least 1");
     }
     let started = Instant::now();
-    let bundle = args.flags.open(&args.bundle)?;
+    let bundle = args.flags.open_for(&args.bundle, args.prompt_tokens.saturating_add(args.gen_tokens))?;
     let load = started.elapsed();
     let quant = bundle
         .manifest()

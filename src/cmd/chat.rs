@@ -25,7 +25,8 @@ pub struct ChatArgs {
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
-    let bundle = args.flags.open(&args.bundle)?;
+    // Each reply's generator checks the budget at its prompt plus --max-tokens positions.
+    let bundle = args.flags.open_for(&args.bundle, args.sampling.max_tokens.saturating_add(1))?;
     bundle.require_chat_template().context("`ferrite chat` needs a chat template")?;
     let mut chat = Conversation::new(&bundle, args.system.as_deref(), args.sampling.options()?)?;
     let stdin = std::io::stdin();

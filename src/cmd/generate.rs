@@ -41,7 +41,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let bundle = args.flags.open(&args.bundle)?;
+    // The prompt's length is known once the bundle's tokenizer has read it: the generator
+    // checks the budget again at prompt plus --max-tokens positions.
+    let bundle = args.flags.open_for(&args.bundle, args.sampling.max_tokens.saturating_add(1))?;
     let tok = bundle.tokenizer();
     let mut gen_opts = args.sampling.options()?;
     let prompt: Vec<u32> = match (&args.ids, &args.prompt, &args.chat) {

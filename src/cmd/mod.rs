@@ -134,12 +134,25 @@ pub struct BundleFlags {
 }
 
 impl BundleFlags {
-    /// Opens the bundle at `dir` with these flags.
+    /// Opens the bundle at `dir` with these flags; a memory budget counts its full context.
     pub fn open(&self, dir: &std::path::Path) -> ferrite_runtime::Result<ferrite_runtime::Bundle> {
-        let options = ferrite_runtime::BundleOptions::default()
+        ferrite_runtime::Bundle::open_with(dir, &self.bundle_options())
+    }
+
+    /// Opens the bundle at `dir` for sequences of at most `positions` tokens: a memory budget
+    /// counts that many (a generator checks its own prompt plus `max_tokens` before running).
+    pub fn open_for(
+        &self,
+        dir: &std::path::Path,
+        positions: usize,
+    ) -> ferrite_runtime::Result<ferrite_runtime::Bundle> {
+        ferrite_runtime::Bundle::open_with(dir, &self.bundle_options().positions(positions))
+    }
+
+    fn bundle_options(&self) -> ferrite_runtime::BundleOptions {
+        ferrite_runtime::BundleOptions::default()
             .run_options(self.run.options())
-            .verify_hashes(!self.no_verify);
-        ferrite_runtime::Bundle::open_with(dir, &options)
+            .verify_hashes(!self.no_verify)
     }
 }
 

@@ -724,7 +724,7 @@ impl Architecture for Llama {
             Head::Tied(table) => quant::tied_head(&mut g, &table, &x),
             Head::Own(w) => {
                 let head = Linear { name: "lm_head", weight: w, out: c.vocab, inp: c.d, bias: None };
-                quant::linear(&mut g, scheme, &x, &head)?
+                quant::head(&mut g, scheme, &x, &head)?
             }
         };
         g.output(

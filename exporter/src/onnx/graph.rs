@@ -96,6 +96,9 @@ pub struct GraphBuilder {
     /// int8 activations as two uint8 digits (16 bits) instead of one code: see
     /// [`GraphBuilder::set_int8_activation_digits`].
     int8_digits: bool,
+    /// An int8 LM head on llama.cpp's Q8_0 grid is stored as a pair: see
+    /// [`GraphBuilder::set_int8_head_pairs`].
+    int8_head_pairs: bool,
 }
 
 fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
@@ -194,6 +197,18 @@ impl GraphBuilder {
     /// top-1 agreement with fp32 at ~98.4 % whatever the weights (models/shakespeare-gpt/README.md).
     pub fn set_int8_activation_digits(&mut self, on: bool) {
         self.int8_digits = on;
+    }
+
+    /// Stores an int8 LM head whose weights are on llama.cpp's Q8_0 grid as an int8 pair (its
+    /// codes and their residual's, `crate::quant::int8::StoredPair`) rather than one int8 layer
+    /// (`ferrite export --q8-head`; by default under int8, not under q4).
+    pub fn set_int8_head_pairs(&mut self, on: bool) {
+        self.int8_head_pairs = on;
+    }
+
+    /// Whether Q8_0 heads become int8 pairs (see [`GraphBuilder::set_int8_head_pairs`]).
+    pub fn int8_head_pairs(&self) -> bool {
+        self.int8_head_pairs
     }
 
     /// Whether int8 activations are two digits (see [`GraphBuilder::set_int8_activation_digits`]).

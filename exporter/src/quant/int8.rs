@@ -115,7 +115,12 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
         g.gptq_layer_done();
     }
     let (codes, scales) = gptq.unwrap_or_else(|| quantise_rows(layer.weight, layer.out, layer.inp));
-    let (w, ws) = weight(g, layer, &codes, &scales);
+    stored(g, layer, &codes, &scales)
+}
+
+/// Writes `codes` and `scales` (per output channel) as [`store`] does.
+fn stored(g: &mut GraphBuilder, layer: &Linear<'_>, codes: &[i8], scales: &[f32]) -> StoredWeight {
+    let (w, ws) = weight(g, layer, codes, scales);
     // Small weights: derived from the codes in the graph rather than stored, a constant subgraph
     // both backends fold once at load (the file is 4 bytes per output channel smaller). tract
     // 0.23 folds a constant only within 4 MiB (tract-core's CONST_FOLD_MEM_BUDGET): a constant
@@ -137,6 +142,57 @@ pub fn store(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredWeight {
         g.op("Cast", &[&sums], vec![("to", Attr::Int(ElemType::F32.code() as i64))])
     };
     StoredWeight { codes: w, scales: ws, column_sums: sums }
+}
+
+/// A weight stored as two int8 layers, `W ≈ s₁·Q₁ + s₂·Q₂`: [`store`]'s round-to-nearest codes
+/// and the codes of what they leave over, each with its own per-row scale. The second scale is
+/// at most 1/254 of the first, so the pair holds ~15 bits per weight in two `MatMulInteger`s.
+///
+/// For an LM head on an 8-bit grid that is not per row (llama.cpp's Q8_0 token table: one scale
+/// per block of 32). Requantised per row, SmolLM2-135M's Q8_0 table alone moves 2 % of the
+/// top-1 tokens away from the fp32 bundle on held-out text (its Q4_1 layers kept exactly as
+/// codes); with the pair, none (BENCHMARKS.md). The head is read once per position, so the
+/// second pass costs one more head matmul and its bytes, not a second model.
+pub struct StoredPair {
+    first: StoredWeight,
+    residual: StoredWeight,
+}
+
+/// Stores `layer`'s weight as a [`StoredPair`].
+pub fn store_pair(g: &mut GraphBuilder, layer: &Linear<'_>) -> StoredPair {
+    if g.hessian(layer.name).is_some() {
+        // Calibrated but not needed: the residual codes recover what GPTQ would.
+        g.gptq_layer_done();
+    }
+    let (codes, scales) = quantise_rows(layer.weight, layer.out, layer.inp);
+    let mut left = vec![0f32; layer.weight.len()];
+    for (r, scale) in scales.iter().enumerate() {
+        let span = r * layer.inp..(r + 1) * layer.inp;
+        for ((l, &w), &c) in left[span.clone()].iter_mut().zip(&layer.weight[span.clone()]).zip(&codes[span])
+        {
+            *l = w - scale * f32::from(c);
+        }
+    }
+    let first = stored(g, layer, &codes, &scales);
+    let name = format!("{}.residual", layer.name);
+    let rest = Linear { name: &name, weight: &left, ..*layer };
+    let (codes, scales) = quantise_rows(&left, layer.out, layer.inp);
+    let residual = stored(g, &rest, &codes, &scales);
+    StoredPair { first, residual }
+}
+
+/// `x · Wᵀ` for a weight stored by [`store_pair`]: two [`matmul_stored`]s, added.
+pub fn matmul_pair(g: &mut GraphBuilder, x: &str, w: &StoredPair) -> String {
+    let a = matmul_stored(g, x, &w.first);
+    let b = matmul_stored(g, x, &w.residual);
+    g.op("Add", &[&a, &b], vec![])
+}
+
+/// [`gather_columns`] of a [`StoredPair`]: both layers' rows, added.
+pub fn gather_columns_pair(g: &mut GraphBuilder, w: &StoredPair, ids: &str) -> String {
+    let a = gather_columns(g, &w.first, ids);
+    let b = gather_columns(g, &w.residual, ids);
+    g.op("Add", &[&a, &b], vec![])
 }
 
 /// Rows `ids` (`[batch, sequence]`) of the `[out, inp]` matrix whose codes `w` stores, as f32
@@ -224,6 +280,52 @@ mod tests {
         store(&mut g, &layer);
         let init = g.initializers.iter().find(|i| i.name == "w.weight_column_sums")?;
         Some(init.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    fn init_bytes<'g>(g: &'g GraphBuilder, name: &str) -> &'g [u8] {
+        &g.initializers.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("no {name}")).bytes
+    }
+
+    fn init_f32s(g: &GraphBuilder, name: &str) -> Vec<f32> {
+        init_bytes(g, name).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    /// A weight on llama.cpp's Q8_0 grid (one scale per block of 32, the blocks' scales spread
+    /// over 16×): one int8 scale per row loses what the pair's residual keeps. The pair's
+    /// dequantised weight is ≥ 100× closer than the single layer's, and within 1/500 of a
+    /// single-layer step everywhere.
+    #[test]
+    fn a_pair_holds_a_q8_0_table_that_one_scale_per_row_cannot() {
+        let (out, inp) = (8, 128);
+        let weight: Vec<f32> = (0..out * inp)
+            .map(|i| {
+                let d = half::f16::from_f32(0.001 * (1 + (i / 32) % 16) as f32).to_f32();
+                // Each block reaches ±127 (so `d` is its Q8_0 scale).
+                let code = if i % 32 == 0 { 127.0 } else { ((i * 7919) % 255) as f32 - 127.0 };
+                d * code
+            })
+            .collect();
+        assert!(crate::quant::q4::on_q8_0_grid(&weight));
+        let layer = Linear { name: "h", weight: &weight, out, inp, bias: None };
+        let mut g = GraphBuilder::new();
+        store_pair(&mut g, &layer);
+        // Codes are stored [inp, out]; scales per output row.
+        let dequantised = |codes: &str, scales: &str| {
+            let (c, s) = (init_bytes(&g, codes), init_f32s(&g, scales));
+            (0..out * inp)
+                .map(|j| s[j / inp] * f32::from(c[(j % inp) * out + j / inp] as i8))
+                .collect::<Vec<_>>()
+        };
+        let first = dequantised("h.weight_q", "h.weight_scale");
+        let rest = dequantised("h.residual.weight_q", "h.residual.weight_scale");
+        let (_, scales) = quantise_rows(&weight, out, inp);
+        let (mut single, mut pair) = (0f32, 0f32);
+        for j in 0..out * inp {
+            single = single.max((first[j] - weight[j]).abs() / scales[j / inp]);
+            pair = pair.max((first[j] + rest[j] - weight[j]).abs() / scales[j / inp]);
+        }
+        assert!(single > 0.1, "one scale per row should not hold this table ({single} steps)");
+        assert!(pair <= 1.0 / 500.0 && pair * 100.0 <= single, "pair {pair} steps, single {single}");
     }
 
     /// Codes whose i32 widening tract would not fold (> 4 MiB) get their column sums stored, and

@@ -106,6 +106,35 @@ fn q4_suits(layer: &Linear<'_>) -> bool {
     true
 }
 
+/// An LM head (`x · Wᵀ` into the logits) under `scheme`: as [`linear`], except that an int8
+/// head whose weights are on llama.cpp's Q8_0 grid is stored as an int8 pair ([`head_pair`]).
+pub fn head(g: &mut GraphBuilder, scheme: QuantScheme, x: &str, layer: &Linear<'_>) -> Result<String> {
+    let int8 = match scheme {
+        QuantScheme::Int8 => true,
+        QuantScheme::Q4 => !q4_suits(layer),
+        QuantScheme::Fp32 | QuantScheme::Fp16 => false,
+    };
+    if int8 && layer.bias.is_none() && head_pair(g, layer) {
+        let w = int8::store_pair(g, layer);
+        return Ok(int8::matmul_pair(g, x, &w));
+    }
+    linear(g, scheme, x, layer)
+}
+
+/// Whether an int8 LM head (or the token table tied to it) is stored as an int8 pair
+/// ([`int8::store_pair`]) rather than one int8 layer: when the graph asks for pairs
+/// ([`GraphBuilder::set_int8_head_pairs`]) and its weights are on llama.cpp's Q8_0 grid, whose
+/// per-block scales one scale per row cannot hold. Only the head: the logits are
+/// where that rounding shows (measured in [`int8::StoredPair`]); other Q8_0 layers stay one int8
+/// layer, or a Q8_0 file's int8 bundle would be twice its size.
+fn head_pair(g: &GraphBuilder, layer: &Linear<'_>) -> bool {
+    let pair = g.int8_head_pairs() && q4::on_q8_0_grid(layer.weight);
+    if pair {
+        log::info!("{}: weights on llama.cpp's Q8_0 grid: stored as an int8 pair", layer.name);
+    }
+    pair
+}
+
 /// A float weight that no scheme quantises (LSTM gates, tiny tables): f32, or f16
 /// plus a `Cast` under `fp16`. Returns the name of an f32 value.
 pub fn float_weight(
@@ -186,6 +215,8 @@ pub enum TiedTable {
     },
     /// int8: MatMulInteger codes `[cols, rows]`, per-row scales.
     Int8(int8::StoredWeight),
+    /// int8 codes and their residual's (a table on llama.cpp's Q8_0 grid, see [`head_pair`]).
+    Int8Pair(int8::StoredPair),
     /// q4: MatMulNBits blocks along each row.
     Q4(q4::StoredBlocks),
 }
@@ -208,6 +239,9 @@ pub fn tied_table(
             TiedTable::Float { value, name: name.to_string(), cols }
         }
         QuantScheme::Q4 if q4_suits(&layer) => TiedTable::Q4(q4::store(g, &layer)),
+        QuantScheme::Int8 | QuantScheme::Q4 if head_pair(g, &layer) => {
+            TiedTable::Int8Pair(int8::store_pair(g, &layer))
+        }
         QuantScheme::Int8 | QuantScheme::Q4 => TiedTable::Int8(int8::store(g, &layer)),
     }
 }
@@ -220,6 +254,7 @@ pub fn tied_embedding(g: &mut GraphBuilder, table: &TiedTable, ids: &str) -> Str
             g.op("Transpose", &[&t], vec![("perm", crate::onnx::Attr::Ints(vec![1, 2, 0]))])
         }
         TiedTable::Int8(w) => int8::gather_columns(g, w, ids),
+        TiedTable::Int8Pair(w) => int8::gather_columns_pair(g, w, ids),
         TiedTable::Q4(w) => q4::gather_rows(g, w, ids),
     }
 }
@@ -232,6 +267,48 @@ pub fn tied_head(g: &mut GraphBuilder, table: &TiedTable, x: &str) -> String {
             g.op("MatMul", &[x, value], vec![])
         }
         TiedTable::Int8(w) => int8::matmul_stored(g, x, w),
+        TiedTable::Int8Pair(w) => int8::matmul_pair(g, x, w),
         TiedTable::Q4(w) => q4::matmul_stored(g, x, w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table on the Q8_0 grid (each block of 32 reaches ±127 codes of its own f16 scale).
+    fn q8_0_table(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| {
+                let d = half::f16::from_f32(0.002 * (1 + (i / 32) % 7) as f32).to_f32();
+                let code = if i % 32 == 0 { -127.0 } else { ((i * 31) % 255) as f32 - 127.0 };
+                d * code
+            })
+            .collect()
+    }
+
+    fn stored_as(pairs: bool, scheme: QuantScheme, data: &[f32]) -> &'static str {
+        let mut g = GraphBuilder::new();
+        g.set_int8_head_pairs(pairs);
+        match tied_table(&mut g, scheme, "t", [64, 64], data) {
+            TiedTable::Float { .. } => "float",
+            TiedTable::Int8(_) => "int8",
+            TiedTable::Int8Pair(_) => "pair",
+            TiedTable::Q4(_) => "q4",
+        }
+    }
+
+    /// Pairs only for 8-bit-grid tables under int8 and q4, and only when asked for.
+    #[test]
+    fn q8_0_tables_become_int8_pairs_when_asked() {
+        let grid = q8_0_table(64, 64);
+        let plain: Vec<f32> = (0..64 * 64).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
+        assert_eq!(stored_as(true, QuantScheme::Int8, &grid), "pair");
+        assert_eq!(stored_as(true, QuantScheme::Q4, &grid), "pair");
+        assert_eq!(stored_as(false, QuantScheme::Int8, &grid), "int8");
+        assert_eq!(stored_as(false, QuantScheme::Q4, &grid), "int8");
+        assert_eq!(stored_as(true, QuantScheme::Int8, &plain), "int8");
+        assert_eq!(stored_as(true, QuantScheme::Q4, &plain), "q4");
+        assert_eq!(stored_as(true, QuantScheme::Fp32, &grid), "float");
     }
 }
