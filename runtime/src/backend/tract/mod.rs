@@ -18,6 +18,7 @@ mod attention;
 mod fuse;
 mod kv_cache;
 mod matmul_i8;
+mod shared_consts;
 
 use self::kv_cache::{CacheNames, CachedAttention, Half, KvCache, PAST_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
@@ -138,7 +139,12 @@ impl TractModel {
                 parsed.unresolved_inputs.join(", ")
             )));
         }
-        let typed = parsed.model.into_typed().map_err(|e| invalid("typing the graph", e))?;
+        let mut typed = parsed.model.into_typed().map_err(|e| invalid("typing the graph", e))?;
+        let unshared = shared_consts::unshare_large_constants(&mut typed)
+            .map_err(|e| invalid("giving shared weights one node per reader", e))?;
+        if unshared > 0 {
+            log::debug!("tract: {unshared} readers of shared weights get their own constant node");
+        }
         let optimized = typed.into_optimized().map_err(|e| invalid("optimising the graph", e))?;
         let run_options = tract_onnx::tract_core::runtime::RunOptions {
             executor: executor(options.threads)?,
