@@ -278,16 +278,15 @@ mod tests {
         let layer = Linear { name: "w", weight: &weight, out, inp, bias: None };
         let mut g = GraphBuilder::new();
         store(&mut g, &layer);
-        let init = g.initializers.iter().find(|i| i.name == "w.weight_column_sums")?;
-        Some(init.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        initializer(&g, "w.weight_column_sums").map(f32s)
     }
 
-    fn init_bytes<'g>(g: &'g GraphBuilder, name: &str) -> &'g [u8] {
-        &g.initializers.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("no {name}")).bytes
+    fn initializer<'g>(g: &'g GraphBuilder, name: &str) -> Option<&'g [u8]> {
+        g.initializers.iter().find(|i| i.name == name).map(|i| i.bytes.as_slice())
     }
 
-    fn init_f32s(g: &GraphBuilder, name: &str) -> Vec<f32> {
-        init_bytes(g, name).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    fn f32s(bytes: &[u8]) -> Vec<f32> {
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     }
 
     /// A weight on llama.cpp's Q8_0 grid (one scale per block of 32, the blocks' scales spread
@@ -311,7 +310,8 @@ mod tests {
         store_pair(&mut g, &layer);
         // Codes are stored [inp, out]; scales per output row.
         let dequantised = |codes: &str, scales: &str| {
-            let (c, s) = (init_bytes(&g, codes), init_f32s(&g, scales));
+            let c = initializer(&g, codes).expect("codes");
+            let s = f32s(initializer(&g, scales).expect("scales"));
             (0..out * inp)
                 .map(|j| s[j / inp] * f32::from(c[(j % inp) * out + j / inp] as i8))
                 .collect::<Vec<_>>()
