@@ -117,13 +117,19 @@ fn decode_both(rel: &str, batch: usize, steps: &[Vec<i64>], tol: f64) -> f64 {
     worst
 }
 
+/// How far (relative to the largest logit) q4 outputs may move with the attention fused: the
+/// 16-bit activation codes of tract's fused 4-bit matmul (runtime/src/kernels/matmul_q4.rs)
+/// turn rounding-level differences into steps of 1/65534 of a block's range (measured: up to
+/// 9e-5 of the largest logit on the shipped GPT).
+const Q4_TOLERANCE: f64 = 2e-4;
+
 #[test]
 fn prefill_and_decode_match_the_unfused_graph() {
-    // q4 keeps activations in f32: rounding-level agreement. int8 quantises every activation
-    // row, so a last-bit difference in the attention output can move a value across a rounding
-    // boundary of the next layer's quantisation (one code step): looser, but the chosen tokens
-    // must still agree.
-    for (rel, tol) in [("models/shakespeare-gpt/q4", 1e-5), ("models/shakespeare-gpt/int8", 1e-2)] {
+    // Both quantise activations on tract, so a last-bit difference in the attention output can
+    // move a value across a code boundary of the next layer's quantisation: q4's fused matmul
+    // codes each block of 32 in 16 bits (one step is 1/65534 of the block's range: close),
+    // int8 each row in 8 (looser). The chosen tokens must agree.
+    for (rel, tol) in [("models/shakespeare-gpt/q4", Q4_TOLERANCE), ("models/shakespeare-gpt/int8", 1e-2)] {
         let steps = [vec![5i64, 900, 17, 4000, 250, 3, 77, 1021, 9], vec![42], vec![1234], vec![7]];
         decode_both(rel, 1, &steps, tol);
         // Two sequences at once: the mask and the cache are per batch row.
@@ -136,7 +142,8 @@ fn prefill_and_decode_match_the_unfused_graph() {
 fn a_long_cache_matches_too() {
     // 200 positions: the decode step reads a long cache with the loop path.
     let prompt: Vec<i64> = (0..199).map(|i| (i * 37 % 4000) as i64).collect();
-    let worst = decode_both("models/shakespeare-gpt/q4", 1, &[prompt.clone(), vec![42], vec![9]], 1e-5);
+    let worst =
+        decode_both("models/shakespeare-gpt/q4", 1, &[prompt.clone(), vec![42], vec![9]], Q4_TOLERANCE);
     assert!(worst.is_finite());
     decode_both("models/shakespeare-gpt/int8", 1, &[prompt, vec![42], vec![9]], 1e-2);
 }

@@ -4,8 +4,8 @@
 //! and the outputs are bit-identical to tract running the file's standard nodes, on a GPT decode
 //! (prefill + steps) with 8-bit activation codes, an LSTM and a BERT encoder with padding — and
 //! within [`SIXTEEN_BIT_TOLERANCE`] on the shipped GPT, whose codes are 16-bit. In step graphs
-//! (GPT, LSTM) every `MatMulInteger` also becomes `FerriteMatMulI8` (its own dot products for ≤ 4
-//! activation rows, tract's plan above): both paths are exercised here too. With the `ort`
+//! (GPT, LSTM) every `MatMulInteger` also becomes `FerriteMatMulI8` (its own dot products, for
+//! any number of activation rows): one-row steps and multi-row prefills are exercised here too. With the `ort`
 //! feature, ONNX Runtime's fused custom operators (runtime/src/backend/ort/ops.rs) are held to
 //! bit-identity with ONNX Runtime running the standard nodes.
 
@@ -162,8 +162,8 @@ fn gpt_prefill_and_decode_agree() {
     assert_eq!(gpt_steps_both(1, chunks), [6, 7, 8, 9]);
 }
 
-/// Batch 2: prefills of 2 and 3 tokens (4 rows: the fused op's own dot products; 6 rows: tract's
-/// plan), then one-token steps (2 rows).
+/// Batch 2: prefills of 2 and 3 tokens (4 and 6 rows: one full group of four rows for the
+/// AVX-VNNI path, then a group and a remainder), then one-token steps (2 rows).
 #[test]
 fn gpt_batched_few_row_steps_agree() {
     for prompt in [vec![5i64, 900, 17, 4000], vec![5i64, 900, 17, 4000, 250, 3]] {

@@ -119,7 +119,10 @@ fn carried_steps_match_the_unfused_graph() {
 }
 
 fn carried_steps_match(options: &Options, file: &Options) {
-    for (rel, tol) in [("shakespeare-gpt/q4", 1e-4), ("shakespeare-gpt/int8", 5e-2)] {
+    // Relative to the largest logit. q4 on tract codes each activation block in 16 bits
+    // (runtime/src/kernels/matmul_q4.rs), so rounding-level differences of the in-place cache
+    // can move a value one step, 1/65534 of its block's range; int8 codes rows in 8 bits.
+    for (rel, tol) in [("shakespeare-gpt/q4", 2e-4), ("shakespeare-gpt/int8", 5e-2)] {
         for batch in [1usize, 2] {
             let mut cached = carrying(rel, options, batch);
             let mut plain = session(rel, file);

@@ -62,6 +62,9 @@ pub struct ExportOptions {
     /// pair, near-exact, rather than one int8 layer rounded per row ([`crate::quant::int8::StoredPair`]);
     /// `None`: the scheme decides — `int8` (accuracy first) pairs, `q4` (size first) does not.
     pub int8_head_pairs: Option<bool>,
+    /// int8: requantise weights already on a 4-bit grid (GGUF Q4_0/Q4_1) per row like any
+    /// other, instead of keeping their codes as q4 blocks ([`GraphBuilder::set_keep_4bit_codes`]).
+    pub requantize_4bit: bool,
 }
 
 impl Default for ExportOptions {
@@ -75,6 +78,7 @@ impl Default for ExportOptions {
             activation_bits: None,
             vocab: None,
             int8_head_pairs: None,
+            requantize_4bit: false,
         }
     }
 }
@@ -200,6 +204,8 @@ pub fn export(src: &Path, out: &Path, opts: &ExportOptions) -> Result<Manifest> 
     };
     builder.set_int8_activation_digits(digits);
     builder.set_int8_head_pairs(opts.int8_head_pairs.unwrap_or(opts.quant == QuantScheme::Int8));
+    builder.set_keep_4bit_codes(!opts.requantize_4bit);
+    builder.set_q4_int8_activations(opts.activation_bits == Some(8));
     // The bundle's own graph, then (for quantised bundles) the fp32 reference beside it.
     let graph = arch.build(opts.quant, builder)?;
     graph.finish_progress();

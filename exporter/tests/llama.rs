@@ -154,7 +154,8 @@ fn gguf_file_matches_transformers_on_the_same_model() {
 
 /// A GGUF file whose matrices (token table included) are llama.cpp Q4_1 blocks exports to q4 with
 /// its codes, scales and mins kept: the q4 bundle computes what the fp32 bundle of the same file
-/// (the dequantised weights) computes, on every backend, up to float rounding.
+/// (the dequantised weights) computes, on every backend, up to float rounding (and, on tract,
+/// the 16-bit coding of activations).
 #[test]
 fn q4_1_gguf_keeps_its_codes_under_q4() {
     let src = golden("llama3").join("model-q4_1.gguf");
@@ -182,7 +183,13 @@ fn q4_1_gguf_keeps_its_codes_under_q4() {
             .map(|(a, b)| max_abs_rows(a, b))
             .fold(0f32, f32::max);
         eprintln!("Q4_1 gguf q4 vs fp32 {backend:?}: prompt {err:.2e}, decode {step_err:.2e}");
-        assert!(err <= 1e-4 && step_err <= 1e-4, "{backend:?}: q4 differs from fp32 by {err} / {step_err}");
+        // tract's fused 4-bit matmul codes activations in 16 bits per block of 32
+        // (runtime/src/kernels/matmul_q4.rs): measured 3e-4 here; ONNX Runtime keeps f32.
+        let tolerance = if backend == BackendKind::Tract { 1e-3 } else { 1e-4 };
+        assert!(
+            err <= tolerance && step_err <= tolerance,
+            "{backend:?}: q4 differs from fp32 by {err} / {step_err}"
+        );
         assert_eq!(got.ids, want.ids, "{backend:?}: greedy ids");
     }
     check_with_python(&q4, Some(1e-4));
@@ -386,7 +393,11 @@ fn quantised_bundles_are_valid_close_and_agree_across_backends() {
                     .map(|(a, b)| max_abs_rows(a, b))
                     .fold(max_abs(&other.prompt_logits, &runs[0].prompt_logits), f32::max);
                 eprintln!("{case} {}: logits differ between backends by {err:.2e}", quant.name());
-                assert!(err <= 1e-3, "{case} {}: backends differ by {err}", quant.name());
+                // q4 on tract codes each block of 32 activations in 16 bits (ONNX Runtime keeps
+                // them f32; runtime/src/kernels/matmul_q4.rs): on these random weights, whose 4-bit
+                // logits are far from fp32's anyway, that moves logits by ~1.5e-3.
+                let tolerance = if quant == QuantScheme::Q4 { 5e-3 } else { 1e-3 };
+                assert!(err <= tolerance, "{case} {}: backends differ by {err}", quant.name());
             }
         }
     }

@@ -10,13 +10,15 @@
 //!   data, 3.8× with weights embedded in the protobuf); ONNX Runtime with prepacking keeps a private
 //!   repacked copy (1.2× / 2.4×), without prepacking the weights stay file-backed (1.05× / 2.4×);
 //! - low-bit weights at their own factors, measured on SmolLM2-135M bundles (peak RSS of
-//!   `ferrite generate --chat` on x86 and, for tract q4, on aarch64 under qemu; BENCHMARKS.md):
-//!   on tract the int8 codes of a step graph (a decoder with a KV cache, an LSTM) 6× — tract's
-//!   packed copy, the transposed copy ferrite's few-row int8 matmul keeps
-//!   (`backend/tract/matmul_i8.rs`) and the file's pages — and `MatMulNBits`' 4-bit codes 9×
-//!   (tract unpacks the blocks into its matmul panels at load: SmolLM2 q4, 51 MiB of codes, peaks
-//!   at 469 MiB on x86 and 566 MiB on a Cortex-A53); on ONNX Runtime with prepacking, int8 and
-//!   4-bit codes 2× (its packed copy beside the mapped file);
+//!   `ferrite generate --chat` on x86; BENCHMARKS.md): on tract with ferrite's fused ops (the
+//!   default) the int8 codes of a step graph (a decoder with a KV cache, an LSTM) 3× — the file's
+//!   tensor, the transposed copy ferrite's int8 matmul keeps (`backend/tract/matmul_i8.rs`) and
+//!   the load's transient — and `MatMulNBits`' 4-bit codes at the general factor (the fused op
+//!   reads tract's loaded tensor in place: `backend/tract/matmul_q4.rs`; SmolLM2 q4 peaks at
+//!   209 MiB for 91 MiB of weights); without fusion (`--tract-unfused`) tract's own kernels
+//!   pack the int8 codes again (6×) and unpack the 4-bit blocks at load (9×: 469 MiB for the
+//!   same bundle); on ONNX Runtime with prepacking, int8 and 4-bit codes 2× (its packed copy
+//!   beside the mapped file);
 //! - every graph input and output at batch 1 and the given number of positions (symbolic dims
 //!   other than the first count as `positions`), twice: the backend's tensor and ferrite's copy.
 //!   For a decoder this is its KV cache and logits (four cache copies: past and present, twice;
@@ -42,10 +44,14 @@ pub fn fixed_allowance(backend: BackendKind) -> u64 {
     }
 }
 
-/// Peak RSS on tract per byte of a step graph's int8 (`MatMulInteger`) codes (module docs).
-const TRACT_STEP_INT8_FACTOR: f64 = 6.0;
-/// Peak RSS on tract per byte of `MatMulNBits` codes (module docs).
-const TRACT_NBITS_FACTOR: f64 = 9.0;
+/// Peak RSS on tract per byte of a step graph's int8 (`MatMulInteger`) codes, with ferrite's
+/// fused int8 matmul (module docs).
+const TRACT_STEP_INT8_FACTOR: f64 = 3.0;
+/// The same with tract's own `MatMulInteger` kernels (`--tract-unfused`).
+const TRACT_STEP_INT8_UNFUSED_FACTOR: f64 = 6.0;
+/// Peak RSS on tract per byte of `MatMulNBits` codes with tract's own kernel (`--tract-unfused`;
+/// fused, they take the general factor).
+const TRACT_NBITS_UNFUSED_FACTOR: f64 = 9.0;
 /// Peak RSS on ONNX Runtime with prepacking per byte of int8 or 4-bit codes (module docs).
 const ORT_PREPACKED_CODES_FACTOR: f64 = 2.0;
 
@@ -94,11 +100,13 @@ pub fn estimate(info: &ModelInfo, options: &Options, positions: usize) -> Memory
     let nbits = info.ops.contains_key("com.microsoft.MatMulNBits");
     match options.backend {
         BackendKind::Tract => {
+            let fused = options.tract_fused_int8;
             if int8 && step_graph {
-                low_bit.push((bytes("i8"), TRACT_STEP_INT8_FACTOR));
+                let f = if fused { TRACT_STEP_INT8_FACTOR } else { TRACT_STEP_INT8_UNFUSED_FACTOR };
+                low_bit.push((bytes("i8"), f));
             }
-            if nbits {
-                low_bit.push((bytes("u8"), TRACT_NBITS_FACTOR));
+            if nbits && !fused {
+                low_bit.push((bytes("u8"), TRACT_NBITS_UNFUSED_FACTOR));
             }
         }
         BackendKind::Ort if options.ort_prepacking && external => {
@@ -212,14 +220,17 @@ mod tests {
         let encoder = estimate(&int8, &Options::default(), 3).loaded_weights;
         assert_eq!(encoder, 3840); // 1600 bytes × 2.4
         int8.inputs[0].name = "past_key.0".into();
-        assert_eq!(estimate(&int8, &Options::default(), 3).loaded_weights, 2400 + 3600); // 600 × 6
+        assert_eq!(estimate(&int8, &Options::default(), 3).loaded_weights, 2400 + 1800); // 600 × 3
+        let unfused = Options::default().tract_fused_int8(false);
+        assert_eq!(estimate(&int8, &unfused, 3).loaded_weights, 2400 + 3600); // 600 × 6
         let ort = Options::default().backend(BackendKind::Ort);
         assert_eq!(estimate(&int8, &ort, 3).loaded_weights, 1200 + 1200); // 1000 × 1.2, 600 × 2
         assert_eq!(estimate(&int8, &ort, 3).fixed, FIXED_ALLOWANCE_ORT);
         let mut q4 = info(1000, true);
         q4.initializer_bytes.insert("u8".into(), 500);
         q4.ops.insert("com.microsoft.MatMulNBits".into(), 3);
-        assert_eq!(estimate(&q4, &Options::default(), 3).loaded_weights, 2400 + 4500); // 500 × 9
+        assert_eq!(estimate(&q4, &Options::default(), 3).loaded_weights, 3600); // 1500 × 2.4
+        assert_eq!(estimate(&q4, &unfused, 3).loaded_weights, 2400 + 4500); // 1000 × 2.4, 500 × 9
     }
 
     #[test]

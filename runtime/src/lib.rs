@@ -29,6 +29,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 #[cfg(any(feature = "tract", feature = "ort"))]
+pub(crate) mod heap;
 pub(crate) mod kernels;
 pub mod model;
 #[cfg(feature = "npy")]

@@ -99,6 +99,12 @@ pub struct GraphBuilder {
     /// An int8 LM head on llama.cpp's Q8_0 grid is stored as a pair: see
     /// [`GraphBuilder::set_int8_head_pairs`].
     int8_head_pairs: bool,
+    /// int8 keeps weights already on a 4-bit grid as q4 blocks: see
+    /// [`GraphBuilder::set_keep_4bit_codes`].
+    keep_4bit_codes: bool,
+    /// q4 layers let the runtime quantise their activations to 8 bits: see
+    /// [`GraphBuilder::set_q4_int8_activations`].
+    q4_int8_activations: bool,
 }
 
 fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> pb::ValueInfoProto {
@@ -204,6 +210,31 @@ impl GraphBuilder {
     /// (`ferrite export --q8-head`; by default under int8, not under q4).
     pub fn set_int8_head_pairs(&mut self, on: bool) {
         self.int8_head_pairs = on;
+    }
+
+    /// Under int8, stores a dense layer whose weights are exactly on llama.cpp's Q4_0 or Q4_1
+    /// grid (a GGUF 4-bit tensor) as q4 blocks with its own codes instead of requantising it
+    /// per row (`crate::quant::keeps_4bit_codes`; on unless `ferrite export --requantize-4bit`).
+    pub fn set_keep_4bit_codes(&mut self, on: bool) {
+        self.keep_4bit_codes = on;
+    }
+
+    /// Marks q4 layers (`MatMulNBits`) `accuracy_level = 4`: the runtime may quantise their
+    /// activations to int8 per block of 32 — ONNX Runtime's fast path, and 8-bit instead of
+    /// 16-bit codes in tract's fused q4 kernel (runtime/src/kernels/matmul_q4.rs). Set by
+    /// `ferrite export --quant q4 --activation-bits 8`.
+    pub fn set_q4_int8_activations(&mut self, on: bool) {
+        self.q4_int8_activations = on;
+    }
+
+    /// Whether q4 layers allow int8 activations (see [`GraphBuilder::set_q4_int8_activations`]).
+    pub fn q4_int8_activations(&self) -> bool {
+        self.q4_int8_activations
+    }
+
+    /// Whether int8 keeps 4-bit codes (see [`GraphBuilder::set_keep_4bit_codes`]).
+    pub fn keep_4bit_codes(&self) -> bool {
+        self.keep_4bit_codes
     }
 
     /// Whether Q8_0 heads become int8 pairs (see [`GraphBuilder::set_int8_head_pairs`]).

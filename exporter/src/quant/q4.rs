@@ -79,6 +79,26 @@ fn exact_q4_1(block: &[f32]) -> Option<(f32, f32, [u8; BLOCK / 2])> {
     exact_within(block, unpack(&packed).map(|q| d * q + m)).then_some((d, m, packed))
 }
 
+/// Whether every block of 32 in `weight` (rows of `inp`) is exactly on a 4-bit grid [`store`]
+/// keeps without loss: all blocks symmetric (llama.cpp's Q4_0), or all `d·q + m` (Q4_1, where a
+/// symmetric block counts when its `m = −8d` is an f16) — a GGUF 4-bit tensor, dequantised.
+/// [`super`] keeps such codes under `int8` too rather than requantising them per row.
+pub fn on_4bit_grid(weight: &[f32], inp: usize) -> bool {
+    if weight.is_empty() || !inp.is_multiple_of(BLOCK) || !weight.len().is_multiple_of(inp) {
+        return false;
+    }
+    let symmetric = |block: &[f32]| {
+        let (s, packed) = quantise_block(block);
+        exact_within(block, unpack(&packed).map(|q| s * (q - 8.0))).then_some(s)
+    };
+    let blocks = || weight.chunks_exact(BLOCK);
+    blocks().all(|b| symmetric(b).is_some())
+        || blocks().all(|b| {
+            exact_q4_1(b).is_some()
+                || symmetric(b).is_some_and(|s| f16::from_f32(-8.0 * s).to_f32() == -8.0 * s)
+        })
+}
+
 /// Whether every block of 32 in `weight` is exactly on llama.cpp's Q8_0 grid (`d·q`, f16 `d`,
 /// codes −127..=127): an 8-bit source such as the token table llama.cpp's 4-bit files keep in
 /// Q8_0. [`super`] stores such weights int8 under `q4` rather than halving their precision again.
@@ -215,16 +235,16 @@ pub fn matmul(g: &mut GraphBuilder, x: &str, layer: &Linear<'_>) -> String {
 
 /// `x · Wᵀ` for a weight already stored by [`store`].
 pub fn matmul_stored(g: &mut GraphBuilder, x: &str, w: &StoredBlocks) -> String {
-    let y = g.op_ms(
-        "MatMulNBits",
-        &[x, &w.codes, &w.scales],
-        vec![
-            ("K", Attr::Int(w.inp as i64)),
-            ("N", Attr::Int(w.out as i64)),
-            ("bits", Attr::Int(4)),
-            ("block_size", Attr::Int(BLOCK as i64)),
-        ],
-    );
+    let mut attributes = vec![
+        ("K", Attr::Int(w.inp as i64)),
+        ("N", Attr::Int(w.out as i64)),
+        ("bits", Attr::Int(4)),
+        ("block_size", Attr::Int(BLOCK as i64)),
+    ];
+    if g.q4_int8_activations() {
+        attributes.push(("accuracy_level", Attr::Int(4)));
+    }
+    let y = g.op_ms("MatMulNBits", &[x, &w.codes, &w.scales], attributes);
     let Some(offsets) = &w.offsets else { return y };
     // Σ_k x_k·o_{block(k)} = Σ_b (Σ_{k ∈ b} x_k)·o_b: block sums of x times the offsets.
     let lead = g.op("Shape", &[x], vec![("end", Attr::Int(-1))]);

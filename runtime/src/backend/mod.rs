@@ -239,6 +239,12 @@ pub(crate) fn check_cache_carry<T: PartialEq + Copy>(
 }
 
 pub(crate) fn prepare(model: &Model, options: &Options) -> Result<Box<dyn PreparedModel>> {
+    let prepared = prepare_on(model, options);
+    crate::heap::release_freed();
+    prepared
+}
+
+fn prepare_on(model: &Model, options: &Options) -> Result<Box<dyn PreparedModel>> {
     match options.backend {
         #[cfg(feature = "tract")]
         BackendKind::Tract => Ok(Box::new(tract::TractModel::prepare(model, options)?)),

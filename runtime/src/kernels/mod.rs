@@ -6,11 +6,14 @@
 //!
 //! - [`attention`]: dot product, `e^x`, softmax and a decoder step over an in-place KV cache;
 //! - [`row_quant`]: per-row uint8 (and 16-bit as two digits) activation codes and their inverse;
-//! - [`matmul_i8`]: the few-row int8 matrix product's inner loop (tract's decode-step matmul).
+//! - [`matmul_i8`]: the few-row int8 matrix product's inner loop (tract's decode-step matmul);
+//! - [`matmul_q4`]: f32 rows times 4-bit block weights read in place (tract's `MatMulNBits`).
 
 pub(crate) mod attention;
 #[cfg(feature = "tract")]
 pub(crate) mod matmul_i8;
+#[cfg(feature = "tract")]
+pub(crate) mod matmul_q4;
 pub(crate) mod row_quant;
 
 /// Buffers whose lengths do not fit the dimensions a kernel was given: the caller's op turns it

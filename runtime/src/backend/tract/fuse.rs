@@ -34,6 +34,7 @@ use tract_onnx::tract_hir::internal::{
 use super::attention::{self, ATTENTION};
 use super::kv_cache::{self, CACHED_ATTENTION, CachedAttention};
 use super::matmul_i8::{self, MATMUL_I8};
+use super::matmul_q4::{self, MATMUL_Q4};
 use crate::kernels::row_quant::{dequantise_rows, quantise_rows};
 use crate::rewrite::graph::{GraphIndex, fusable_graph};
 use crate::rewrite::int8_pattern::apply;
@@ -52,6 +53,15 @@ pub(crate) fn register(onnx: &mut tract_onnx::Onnx) {
         Ok((expand(RowDequantizeExpansion { bias, residual, digits }), vec![]))
     });
     onnx.op_register.insert(MATMUL_I8, |_, _| Ok((expand(matmul_i8::MatMulI8Expansion), vec![])));
+    onnx.op_register.insert(MATMUL_Q4, |_, node| {
+        let k = usize::try_from(node.get_attr::<i64>("K")?)?;
+        let n = usize::try_from(node.get_attr::<i64>("N")?)?;
+        let bits = match node.get_attr_opt::<i64>("activation_bits")?.unwrap_or(16) {
+            8 => crate::kernels::matmul_q4::ActivationBits::Eight,
+            _ => crate::kernels::matmul_q4::ActivationBits::Sixteen,
+        };
+        Ok((expand(matmul_q4::MatMulQ4Expansion { k, n, bits }), vec![]))
+    });
     onnx.op_register.insert(CACHED_ATTENTION, |_, node| {
         let scale = node.get_attr::<f32>("scale")?;
         let layer = usize::try_from(node.get_attr::<i64>("layer")?)?;

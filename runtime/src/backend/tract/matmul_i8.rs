@@ -7,22 +7,24 @@
 //! so 15 of every 16 columns of a tile are padding, and the int8 step came out *slower* than the
 //! f32 one, which does have `fma_mmm_f32_64x1` (BENCHMARKS.md, issue 3).
 //!
-//! [`MatMulI8`] keeps the weights transposed (one row of K codes per output) and computes up to
-//! [`MAX_ROWS`] activation rows as plain dot products, widened to i16 so the compiler emits
-//! `pmaddwd` (x86) or `smlal` (arm64); on x86-64 CPUs with AVX2 the same loop is compiled a
-//! second time for AVX2 and picked at run time. More rows (a prefill) go to tract's own optimised
-//! plan of the same `MatMulInteger`, built once per matmul when the graph is typed. The product is
-//! exact integer arithmetic either way, so outputs are bit-identical to the unfused graph
-//! (tests/fused_int8.rs).
+//! [`MatMulI8`] keeps the weights transposed (one row of K codes per output) and computes every
+//! activation row as plain dot products (`kernels::matmul_i8`: AVX-VNNI `vpdpbusd` where the CPU
+//! has it, four rows per load of a column; otherwise `pmaddwd`/`smlal` on codes widened to i16),
+//! split by output columns over tract's thread pool when the plan has one and the product is
+//! large. The product is exact integer arithmetic, so outputs are bit-identical to the unfused
+//! graph (tests/fused_int8.rs).
 //!
-//! Cost: each fused matmul holds its int8 weights twice (the transposed copy and tract's packed
-//! one), so the rewrite is applied only to step graphs (decoders with a KV cache, LSTMs with a
-//! state), where it pays every generated token.
+//! Cost: the transposed copy. tract's own `MatMulInteger` would keep the file's `[K, N]` tensor
+//! and, at each run with more than a few rows, pack it into its tile layout (a transient the size
+//! of the weights, widened: SmolLM2's 28 MB tied head took ~110 MB per prefill), and a plan of
+//! it kept for prefills held one more copy. The file's tensor is dropped after loading unless
+//! another node reads it (a tied table's embedding `Gather`). Applied to step graphs only
+//! (decoders with a KV cache, LSTMs with a state), where it pays every generated token.
 
 use std::fmt;
 use std::sync::Arc;
 
-use tract_onnx::pb::{self, GraphProto, NodeProto};
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{
@@ -30,17 +32,12 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::fuse::owned;
-use crate::kernels::matmul_i8::dot_rows;
+use crate::kernels::matmul_i8::matmul_rows;
 use crate::rewrite::graph::GraphIndex;
 use crate::rewrite::int8_pattern::DOMAIN;
 
 /// Op type of the fused matmul node (registered in tract's ONNX op registry only).
 pub(crate) const MATMUL_I8: &str = "FerriteMatMulI8";
-
-/// Activation rows up to which [`MatMulI8`] uses its own dot products; above, tract's tile
-/// kernels win (measured on the shipped GPT's 4096 × 128 LM head: ~24 µs per row with AVX2
-/// against ~80 µs for tract's first 16-row tile).
-pub(crate) const MAX_ROWS: usize = 4;
 
 /// ONNX `TensorProto.DataType` of int8.
 const ONNX_INT8: i32 = 3;
@@ -108,7 +105,7 @@ impl Expansion for MatMulI8Expansion {
             .konst
             .clone()
             .with_context(|| format!("{MATMUL_I8}: the weights of {prefix} are not a constant"))?;
-        let op = MatMulI8::new(&weights, &model.symbols)?;
+        let op = MatMulI8::new(&weights)?;
         model.wire_node(prefix, op, &inputs[..1])
     }
 }
@@ -120,8 +117,6 @@ pub(crate) struct MatMulI8 {
     n: usize,
     /// The weights transposed, `[N, K]`: output `j` is the dot product of a row with `columns[j]`.
     columns: Arc<[i8]>,
-    /// tract's plan of `MatMulInteger(a [rows, K], weights)`, for more than [`MAX_ROWS`] rows.
-    many_rows: Arc<TypedRunnableModel>,
 }
 
 impl fmt::Debug for MatMulI8 {
@@ -139,9 +134,7 @@ impl PartialEq for MatMulI8 {
 impl Eq for MatMulI8 {}
 
 impl MatMulI8 {
-    /// `symbols`: the scope of the model being typed, which the inner plan must share (see
-    /// [`plan_matmul_integer`]).
-    fn new(weights: &Tensor, symbols: &SymbolScope) -> TractResult<MatMulI8> {
+    fn new(weights: &Tensor) -> TractResult<MatMulI8> {
         let &[k, n] = weights.shape() else {
             bail!("{MATMUL_I8}: weights {:?} are not [K, N]", weights.shape())
         };
@@ -153,81 +146,8 @@ impl MatMulI8 {
                 columns[ni * k + ki] = v;
             }
         }
-        Ok(MatMulI8 { k, n, columns: columns.into(), many_rows: plan_matmul_integer(k, n, w, symbols)? })
+        Ok(MatMulI8 { k, n, columns: columns.into() })
     }
-
-    /// `out[r·N + j] = Σₖ a[r·K + k] · w[k, j]` for every row of `a`.
-    fn rows(&self, a: &[u8], out: &mut [i32]) {
-        if self.k == 0 || self.n == 0 {
-            out.fill(0); // an empty sum (or no output at all)
-            return;
-        }
-        let mut wide = vec![0i16; self.k];
-        for (row, out) in a.chunks_exact(self.k).zip(out.chunks_exact_mut(self.n)) {
-            wide.iter_mut().zip(row).for_each(|(w, &v)| *w = i16::from(v));
-            dot_rows(&wide, &self.columns, out);
-        }
-    }
-}
-
-/// tract's own optimised plan of `MatMulInteger(a u8 [rows, K], w i8 [K, N])`, parsed from a
-/// one-node ONNX graph so it is exactly what tract would have run in place of [`MatMulI8`].
-///
-/// The inner model is built in the symbol scope of the model being typed: tract caches symbolic
-/// proofs per thread for the scope it is optimising (`ProofCacheSession`), and a second scope
-/// optimised inside that session would read and fill the outer scope's cache (a debug assertion
-/// in tract-data, `ProofCacheSession scope_id mismatch`; silently shared proofs in release).
-fn plan_matmul_integer(
-    k: usize,
-    n: usize,
-    w: &[i8],
-    symbols: &SymbolScope,
-) -> TractResult<Arc<TypedRunnableModel>> {
-    use pb::tensor_shape_proto::{Dimension, dimension::Value as Dim};
-    let dim = |value| Dimension { value: Some(value), ..Default::default() };
-    let tensor_type = |elem_type: i32, dims: Vec<Dimension>| pb::TypeProto {
-        value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-            elem_type,
-            shape: Some(pb::TensorShapeProto { dim: dims }),
-        })),
-        ..Default::default()
-    };
-    let graph = GraphProto {
-        node: vec![NodeProto {
-            op_type: "MatMulInteger".into(),
-            input: vec!["a".into(), "w".into()],
-            output: vec!["c".into()],
-            ..Default::default()
-        }],
-        initializer: vec![pb::TensorProto {
-            name: "w".into(),
-            dims: vec![k as i64, n as i64],
-            data_type: ONNX_INT8,
-            raw_data: w.iter().map(|&v| v as u8).collect(),
-            ..Default::default()
-        }],
-        input: vec![pb::ValueInfoProto {
-            name: "a".into(),
-            r#type: Some(tensor_type(
-                2,
-                vec![dim(Dim::DimParam("rows".into())), dim(Dim::DimValue(k as i64))],
-            )),
-            ..Default::default()
-        }],
-        output: vec![pb::ValueInfoProto { name: "c".into(), ..Default::default() }],
-        ..Default::default()
-    };
-    let proto = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    let template = InferenceModel { symbols: symbols.clone(), ..Default::default() };
-    tract_onnx::onnx()
-        .model_for_proto_model_with_model_template(&proto, template)?
-        .into_optimized()?
-        .into_runnable()
 }
 
 impl Op for MatMulI8 {
@@ -236,7 +156,7 @@ impl Op for MatMulI8 {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("K={} N={}, own dot products up to {MAX_ROWS} rows", self.k, self.n)])
+        Ok(vec![format!("K={} N={}, own dot products", self.k, self.n)])
     }
 
     op_as_typed_op!();
@@ -257,15 +177,13 @@ impl MatMulI8 {
         ensure!(shape.last() == Some(&self.k), "{MATMUL_I8}: input {shape:?} does not end in K = {}", self.k);
         let rows = shape[..shape.len() - 1].iter().product::<usize>();
         *shape.last_mut().expect("rank checked above") = self.n;
-        if rows <= MAX_ROWS {
-            let codes = a.try_as_plain_ram()?;
-            let mut out = vec![0i32; rows * self.n];
-            self.rows(codes.as_slice::<u8>()?, &mut out);
-            return owned(&shape, out);
-        }
-        let a = a.into_tensor().into_shape(&[rows, self.k])?;
-        let c = self.many_rows.run(tvec!(a.into_tvalue()))?.remove(0);
-        Ok(c.into_tensor().into_shape(&shape)?.into_tvalue())
+        let codes = a.try_as_plain_ram()?;
+        let mut out = vec![0i32; rows * self.n];
+        let a = codes.as_slice::<u8>()?;
+        super::split::by_columns(rows, self.k, self.n, &mut out, |cols, out| {
+            matmul_rows(a, self.k, &self.columns, cols, out)
+        });
+        owned(&shape, out)
     }
 }
 
@@ -291,15 +209,15 @@ mod tests {
         tract_onnx::tract_core::ndarray::Array2::from_shape_vec((k, n), w).unwrap().into()
     }
 
-    /// Every row count on both paths equals a plain i64 reference, including extreme codes.
+    /// Every row count equals a plain i64 reference, including extreme codes.
     #[test]
     fn both_paths_equal_the_definition() {
         let (k, n) = (37, 11);
-        let op = MatMulI8::new(&weights(k, n), &SymbolScope::default()).unwrap();
+        let op = MatMulI8::new(&weights(k, n)).unwrap();
         let w = weights(k, n);
         let w = w.try_as_plain_ram().unwrap();
         let w = w.as_slice::<i8>().unwrap();
-        for rows in [1, 2, MAX_ROWS, MAX_ROWS + 1, 9] {
+        for rows in [1, 2, 4, 5, 9] {
             let a: Vec<u8> = (0..rows * k).map(|i| [0u8, 255, (i * 37 % 256) as u8][i % 3]).collect();
             let input = owned(&[1, rows, k], a.clone()).unwrap();
             let out = op.multiply(input).unwrap();
@@ -319,7 +237,7 @@ mod tests {
     #[test]
     fn empty_weights() {
         for (k, n) in [(0, 3), (3, 0), (0, 0)] {
-            let op = MatMulI8::new(&weights(k, n), &SymbolScope::default()).unwrap();
+            let op = MatMulI8::new(&weights(k, n)).unwrap();
             let out = op.multiply(owned(&[2, k], vec![7u8; 2 * k]).unwrap()).unwrap();
             assert_eq!(out.shape(), &[2, n]);
             assert!(out.try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().iter().all(|&v| v == 0));
@@ -328,7 +246,7 @@ mod tests {
 
     #[test]
     fn wrong_width_is_an_error() {
-        let op = MatMulI8::new(&weights(8, 3), &SymbolScope::default()).unwrap();
+        let op = MatMulI8::new(&weights(8, 3)).unwrap();
         let input = owned(&[1, 7], vec![0u8; 7]).unwrap();
         assert!(op.multiply(input).is_err());
     }

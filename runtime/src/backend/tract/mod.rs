@@ -18,7 +18,9 @@ mod attention;
 mod fuse;
 mod kv_cache;
 mod matmul_i8;
+mod matmul_q4;
 mod shared_consts;
+mod split;
 
 use self::kv_cache::{CacheNames, CachedAttention, Half, KvCache, PAST_LENGTH};
 use super::{BackendState, Options, PreparedModel, held_slot, set_held};
@@ -123,6 +125,16 @@ impl TractModel {
             let matmuls = fuse::fuse_int8_matmuls(&mut proto);
             if matmuls > 0 {
                 log::debug!("tract: {matmuls} int8 matmuls get the few-row kernel");
+            }
+            let (q4, offsets) = if std::env::var("TMPNOQ4").is_ok() {
+                (0, 0)
+            } else {
+                matmul_q4::fuse_q4_matmuls(&mut proto)
+            };
+            if q4 > 0 {
+                log::debug!(
+                    "tract: {q4} 4-bit matmuls read their blocks in place ({offsets} with Q4_1 offsets)"
+                );
             }
         }
         // Last: the int8 rewrite tells step graphs by their `past_key*` inputs, which go here.
