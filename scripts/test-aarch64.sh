@@ -7,8 +7,9 @@
 #      plus LSTM and GPT-2 test bundles exported here in both quantisations and a Llama GGUF fixture
 #      in fp32, int8 and q4, on tract and on ONNX
 #      Runtime (the aarch64 wheel's library under qemu >= 8 vs the x86 one): greedy ids identical,
-#      prompt logits within 1e-4 (fp32) or half the bundle's own int8 logit error (int8, see
-#      int8_tolerance below and boards/README.md); `infer`
+#      prompt logits within 1e-4 (fp32), 1e-3 (q4: tract codes its activations in 16 bits) or
+#      half the bundle's own int8 logit error, at least 1e-3 (int8, see int8_tolerance below
+#      and boards/README.md); `infer`
 #      outputs on models/tiny-lstm-lm and tests/models/* within 1e-4;
 #   3. the C examples (examples/c), cross-compiled, against the x86 CLI's output;
 #   4. `boards/build rpi4` and the README's "Deploy to a Raspberry Pi" lines, run as written
@@ -29,14 +30,21 @@ FP32_TOLERANCE=1e-4
 # against fp32 (ferrite.json, accuracy.outputs.logits.max_abs_error; 2e-2 when absent), or
 # INT8_TOLERANCE when set. A GPT int8 export with 8-bit codes has differed by 0.039 on
 # cortex-a72 (its own error 0.157): a fixed 2e-2 is too tight.
+# Never below QUANT_TOLERANCE (below): an int8 bundle of a 4-bit GGUF keeps the file's 4-bit
+# codes, so its own error is only that activation coding's.
 int8_tolerance() { # BUNDLE
     if [ -n "${INT8_TOLERANCE:-}" ]; then echo "$INT8_TOLERANCE"; return; fi
-    python3 - "$1/ferrite.json" <<'EOF'
+    python3 - "$1/ferrite.json" "$QUANT_TOLERANCE" <<'EOF'
 import json, sys
 logits = json.load(open(sys.argv[1])).get("accuracy", {}).get("outputs", {}).get("logits", {})
-print(logits["max_abs_error"] / 2 if "max_abs_error" in logits else 2e-2)
+print(max(logits["max_abs_error"] / 2 if "max_abs_error" in logits else 2e-2, float(sys.argv[2])))
 EOF
 }
+# q4 on tract codes each block of 32 activations in 16 bits (runtime/src/kernels/matmul_q4.rs,
+# the same integers on both platforms): a last-bit difference in an f32 op upstream (x86 and
+# aarch64 kernels round differently, ~3e-7 on the fp32 bundles) can move an activation one
+# code, 1/65534 of its block's range. Measured on the Llama GGUF's int8 bundle: 2.4e-4.
+QUANT_TOLERANCE=1e-3
 profile=cross-test
 target=aarch64-unknown-linux-gnu
 target_dir="$root/target-aarch64"
@@ -199,10 +207,10 @@ for b in "${bundles[@]}"; do
     name="$(basename "$(dirname "$b")")-$(basename "$b")"
     quant=fp32
     grep -q '"int8"' "$b/ferrite.json" && quant=int8
-    # q4 weights are exact f32 values after unpacking: fp32's tolerance.
     grep -q '"quantisation": "q4"' "$b/ferrite.json" && quant=q4
     tol=$FP32_TOLERANCE
     [ "$quant" = int8 ] && tol=$(int8_tolerance "$b")
+    [ "$quant" = q4 ] && tol=$QUANT_TOLERANCE
     if [[ "$b" == "$root/models/"* ]]; then
         prompt=(--prompt "ROMEO: ")
     else
