@@ -12,7 +12,8 @@ fp32, int8 and q4 bundles from the same Q4_1 file. Then, for 1 and 2 threads:
 - PyTorch `generate()` on the fp32 model (scripts/bench_llm_torch.py), when the dev venv has torch
   and `.deps/smollm2/hf` exists (scripts/make_smollm2_goldens.py --hf .deps/smollm2/hf).
 
-Pairs at equal bits: q4 ↔ Q4_1 (the source; ferrite keeps its codes) and Q4_0, int8 ↔ Q8_0,
+Pairs at equal bits: q4 ↔ Q4_1 (the source; ferrite keeps its codes) and Q4_0, int8 (exported
+with `--requantize-4bit`, so its layers are int8 rather than the source's kept 4-bit codes) ↔ Q8_0,
 fp32 ↔ F16 (llama.cpp has no f32 matmul path worth racing; F16 is its float reference). Prints a
 markdown table (paste into BENCHMARKS.md) and writes docs/bench/llm-peers.png when matplotlib is
 present.
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--bundles", type=Path, help="reuse fp32/int8/q4 bundles in this directory")
+    ap.add_argument("--bundles", type=Path, help="reuse fp32/int8/q4 bundles in this directory (int8 exported with --requantize-4bit)")
     ap.add_argument("--replot", action="store_true", help=f"redraw the plot from {RESULTS.name} only")
     args = ap.parse_args()
     if args.replot:
@@ -142,7 +143,10 @@ def report(args, threads: list[int], bin_dir: Path, source: Path, ggufs: dict, w
             bundles[quant] = args.bundles / quant
             continue
         bundles[quant] = work / quant
-        run([str(FERRITE), "export", str(source), "-o", str(bundles[quant]), "--quant", quant, "--quiet"])
+        # int8 races llama.cpp's Q8_0, so its layers are int8 too: by default ferrite keeps the
+        # Q4_1 codes under int8 (docs/quantisation.md), which would race q4 against Q8_0.
+        extra = ["--requantize-4bit"] if quant == "int8" else []
+        run([str(FERRITE), "export", str(source), "-o", str(bundles[quant]), "--quant", quant, "--quiet", *extra])
     size = lambda d: sum(f.stat().st_size for f in Path(d).iterdir()) / 1e6  # noqa: E731
     llama_size = lambda g: g.stat().st_size / 1e6  # noqa: E731
 
