@@ -28,8 +28,8 @@ pub mod error;
 #[cfg(feature = "text")]
 pub mod eval;
 pub mod generate;
-#[cfg(any(feature = "tract", feature = "ort"))]
 pub(crate) mod heap;
+#[cfg(any(feature = "tract", feature = "ort"))]
 pub(crate) mod kernels;
 pub mod model;
 #[cfg(feature = "npy")]
