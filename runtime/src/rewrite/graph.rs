@@ -150,12 +150,25 @@ pub(crate) fn ints_attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [i64]
 /// The i64 value of a scalar (or one-element) initializer.
 pub(crate) fn int_scalar(ix: &GraphIndex<'_>, name: &str) -> Option<i64> {
     let t = ix.initializer.get(name)?;
-    if t.data_type != ONNX_INT64 || t.dims.iter().product::<i64>() != 1 || t.data_location == Some(1) {
+    if t.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    match int_values(t)?.as_slice() {
+        [v] => Some(*v),
+        _ => None,
+    }
+}
+
+/// The values of an inline int64 initializer (in `int64_data` or `raw_data`, not both).
+pub(crate) fn int_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    if t.data_type != ONNX_INT64 || t.data_location == Some(1) {
         return None;
     }
     match (t.int64_data.as_slice(), t.raw_data.as_slice()) {
-        ([v], []) => Some(*v),
-        ([], raw) if raw.len() == 8 => Some(i64::from_le_bytes(raw.try_into().ok()?)),
+        (values, []) if !values.is_empty() => Some(values.to_vec()),
+        ([], raw) if raw.len().is_multiple_of(8) => {
+            Some(raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+        }
         _ => None,
     }
 }

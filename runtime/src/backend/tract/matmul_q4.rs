@@ -24,14 +24,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_proto};
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, attribute_proto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{Expansion, Solver, TensorProxy, check_output_arity};
 
 use super::fuse::owned;
 use crate::kernels::matmul_q4::{self, ActivationBits, BLOCK, Prepared, Q4Weights};
-use crate::rewrite::graph::{GraphIndex, fusable_graph, int_attr, ints_attr, remove_dead_nodes};
+use crate::rewrite::graph::{GraphIndex, fusable_graph, int_attr, int_values, ints_attr, remove_dead_nodes};
 use crate::rewrite::int8_pattern::DOMAIN;
 
 /// Op type of the fused node (registered in tract's ONNX op registry only).
@@ -41,7 +41,6 @@ pub(crate) const MATMUL_Q4: &str = "FerriteMatMulQ4";
 const ONNX_UINT8: i32 = 2;
 const ONNX_FLOAT16: i32 = 10;
 const ONNX_FLOAT: i64 = 1;
-const ONNX_INT64: i32 = 7;
 
 /// Rewrites every exporter-written q4 layer of a ferrite file into one [`MATMUL_Q4`] node;
 /// returns (layers fused, of which with their Q4_1 offsets absorbed).
@@ -214,18 +213,13 @@ fn match_offsets(ix: &GraphIndex<'_>, g: &GraphProto, layer: &Layer) -> Option<O
     Some(Offsets { add, output: add_node.output[0].clone(), mins: cast.input[0].clone() })
 }
 
-/// The values of a small inline int64 initializer.
+/// The values of a small inline int64 initializer (a vector or a scalar).
 fn int64s(ix: &GraphIndex<'_>, name: &str) -> Option<Vec<i64>> {
-    let t: &TensorProto = ix.initializer.get(name)?;
-    if t.data_type != ONNX_INT64 || t.data_location == Some(1) || t.dims.len() > 1 {
+    let t = ix.initializer.get(name)?;
+    if t.dims.len() > 1 {
         return None;
     }
-    if !t.int64_data.is_empty() {
-        return Some(t.int64_data.clone());
-    }
-    t.raw_data.len().is_multiple_of(8).then(|| {
-        t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
-    })
+    int_values(t)
 }
 
 /// `(x f32 [.., K], codes, scales[, mins])` → f32 `[.., N]`.
